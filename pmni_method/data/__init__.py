@@ -1,0 +1,1 @@
+"""Data side of pmni: the DiLiGenT-MV loader and the per-ray store that feeds training."""
