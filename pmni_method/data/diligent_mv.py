@@ -1,0 +1,377 @@
+"""Loader for DiLiGenT-MV style datasets (the SuperNormal / PMNI layout), one object per folder.
+
+Layout::
+
+    <data_dir>/cameras_sphere.npz         world_mat_<i> (K[R|t], world -> pixels), scale_mat_<i> (normalised -> world)
+    <data_dir>/cameras_gt.npz             optional, same keys: true poses when the stored ones are perturbed
+    <data_dir>/<normal_dir>/*.exr|png|npy normal maps (world or camera space)
+    <data_dir>/mask/*.png                 foreground masks
+    <data_dir>/integration/perspective/*.npy   optional camera-z depth
+    <data_dir>/mesh_Gt.ply                optional ground-truth mesh (world units)
+
+Files are matched by view index, the last integer in the file stem (``000.exr``, ``view_01.png``).
+Nothing here imports nerfstudio or torch: the core runs without them.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Dict, Iterable, List, Literal, Optional, Sequence, Tuple
+
+import numpy as np
+import scipy.ndimage
+
+from pmni_method import cameras
+from pmni_method.data import io
+from pmni_method.data.types import MultiViewNormalData, PMNIDataError
+
+NormalSpace = Literal["auto", "world", "camera"]
+
+CAMERAS_FILE = "cameras_sphere.npz"
+GT_CAMERAS_FILE = "cameras_gt.npz"
+MASK_DIR = "mask"
+GT_MESH_FILE = "mesh_Gt.ply"
+
+UNIT_TOLERANCE = 0.1
+"""A normal is broken when ``| ||n|| - 1 |`` exceeds this (or it is not finite)."""
+MAX_BAD_NORMAL_FRACTION = 0.01
+"""More broken normals than this fraction of a view's mask pixels rejects the view; fewer are repaired."""
+SCALE_MAT_RTOL = 1e-6
+"""Relative tolerance when checking that all views share one scale_mat."""
+
+_LAST_INT = re.compile(r"(\d+)(?!.*\d)")
+
+
+def _error(path: Path, problem: str) -> PMNIDataError:
+    return PMNIDataError(f"{path}: {problem}")
+
+
+def _fmt_views(views: Iterable[int], limit: int = 10) -> str:
+    views = sorted(views)
+    text = ", ".join(str(v) for v in views[:limit])
+    return text + (f", ... ({len(views)} in all)" if len(views) > limit else "")
+
+
+def view_index(path: Path) -> Optional[int]:
+    """The view index of a file: the last integer in its stem, or None if it has none."""
+    match = _LAST_INT.search(Path(path).stem)
+    return int(match.group(1)) if match else None
+
+
+def index_folder(folder: Path, suffixes: Sequence[str]) -> Dict[int, Path]:
+    """Map view index -> file for the files in ``folder`` with one of ``suffixes`` (hidden files ignored)."""
+    if not folder.is_dir():
+        raise _error(folder, "folder not found" if not folder.exists() else "not a folder")
+    files: Dict[int, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.suffix.lower() not in suffixes or not path.is_file():
+            continue
+        idx = view_index(path)
+        if idx is None:
+            raise _error(path, "no view index in the file name (expected a number, e.g. 000.png)")
+        if idx in files:
+            raise _error(folder, f"two files for view {idx}: {files[idx].name} and {path.name}")
+        files[idx] = path
+    if not files:
+        raise _error(folder, f"no files of type {', '.join(suffixes)}")
+    return files
+
+
+def find_normal_maps(data_dir: Path, normal_dir: str = "normal_world_space_GT") -> Dict[int, Path]:
+    """Map view index -> normal-map file of a dataset."""
+    return index_folder(Path(data_dir) / normal_dir, io.NORMAL_SUFFIXES)
+
+
+def resolve_normal_space(normal_dir: str, normal_space: str) -> Literal["world", "camera"]:
+    """``"auto"`` reads the space off the folder name: a name containing "camera" holds camera-space normals."""
+    if normal_space == "auto":
+        return "camera" if "camera" in Path(normal_dir).name.lower() else "world"
+    if normal_space not in ("world", "camera"):
+        raise ValueError(f"normal_space must be 'auto', 'world' or 'camera', not {normal_space!r}")
+    return normal_space  # type: ignore[return-value]
+
+
+def _read_cameras(
+    npz_path: Path, arrays: Dict[str, np.ndarray], view_ids: List[int], scale_mat: Optional[np.ndarray] = None
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Read ``world_mat_<i>``/``scale_mat_<i>`` for each view.
+
+    Returns ``(K, c2w_normalised, c2w_world, scale_mat)``. With ``scale_mat`` given, that one is used instead of
+    the file's, so that a second camera file (the true poses) lands in the same normalised frame.
+    """
+    missing = [i for i in view_ids if f"world_mat_{i}" not in arrays]
+    if missing:
+        raise _error(npz_path, f"missing key world_mat_{missing[0]} (no camera for views {_fmt_views(missing)})")
+    if scale_mat is None:
+        missing = [i for i in view_ids if f"scale_mat_{i}" not in arrays]
+        if missing:
+            raise _error(npz_path, f"missing key scale_mat_{missing[0]} (views {_fmt_views(missing)})")
+        scale_mat = _shared_scale_mat(npz_path, arrays, view_ids)
+
+    Ks, c2w_norm, c2w_world = [], [], []
+    for i in view_ids:
+        key = f"world_mat_{i}"
+        world_mat = _as_4x4(npz_path, key, arrays[key])
+        try:
+            K, c2w = cameras.decompose_projection(world_mat @ scale_mat)
+            _, c2w_w = cameras.decompose_projection(world_mat)
+        except cameras.CameraMatrixError as e:
+            raise _error(npz_path, f"{key}: {e}") from None
+        Ks.append(K)
+        c2w_norm.append(c2w)
+        c2w_world.append(c2w_w)
+    return np.stack(Ks), np.stack(c2w_norm), np.stack(c2w_world), scale_mat
+
+
+def _as_4x4(npz_path: Path, key: str, matrix: np.ndarray) -> np.ndarray:
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if matrix.shape not in ((3, 4), (4, 4)):
+        raise _error(npz_path, f"{key} has shape {matrix.shape}; expected 3x4 or 4x4")
+    out = np.eye(4)
+    out[: matrix.shape[0]] = matrix
+    return out
+
+
+def _shared_scale_mat(npz_path: Path, arrays: Dict[str, np.ndarray], view_ids: List[int]) -> np.ndarray:
+    first = _as_4x4(npz_path, f"scale_mat_{view_ids[0]}", arrays[f"scale_mat_{view_ids[0]}"])
+    tol = SCALE_MAT_RTOL * max(np.abs(first).max(), 1.0)
+    for i in view_ids[1:]:
+        other = _as_4x4(npz_path, f"scale_mat_{i}", arrays[f"scale_mat_{i}"])
+        if not np.allclose(other, first, rtol=0.0, atol=tol):
+            # One normalised frame is needed for all views; per-view scale_mats would mean per-view frames.
+            raise _error(npz_path, f"scale_mat_{i} differs from scale_mat_{view_ids[0]}; all views must share one")
+    linear = first[:3, :3]
+    if not np.all(np.isfinite(first)) or abs(np.linalg.det(linear)) <= 1e-12 * max(np.abs(linear).max(), 1e-300) ** 3:
+        raise _error(npz_path, f"scale_mat_{view_ids[0]} is singular or not finite")
+    return first
+
+
+def _check_and_repair_normals(path: Path, normals: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Reject a view with many broken (non-unit / NaN) normals in the mask; fill a few from their neighbours."""
+    norms = np.linalg.norm(normals, axis=-1)
+    bad = mask & ~(np.isfinite(norms) & (np.abs(norms - 1.0) <= UNIT_TOLERANCE))
+    num_bad, num_fg = int(bad.sum()), int(mask.sum())
+    if num_bad > MAX_BAD_NORMAL_FRACTION * num_fg:
+        raise _error(
+            path,
+            f"{num_bad} of {num_fg} mask pixels ({100.0 * num_bad / num_fg:.1f}%) have non-unit or NaN normals "
+            f"(| |n| - 1 | > {UNIT_TOLERANCE}); wrong file, wrong mask, or a non-float encoding?",
+        )
+    out = np.where(mask[..., None], normals, 0.0)
+    good = mask & ~bad
+    if num_bad:
+        # Mask-edge pixels are the usual culprits: borrow the nearest good normal so every mask pixel stays unit.
+        _, (rows, cols) = scipy.ndimage.distance_transform_edt(~good, return_indices=True)
+        out[bad] = out[rows[bad], cols[bad]]
+    norms = np.linalg.norm(out, axis=-1, keepdims=True)
+    return np.where(mask[..., None], out / np.clip(norms, 1e-12, None), 0.0)
+
+
+def downscale_views(
+    normals: np.ndarray, masks: np.ndarray, depths: Optional[np.ndarray], factor: int
+) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """Block-average (N, H, W, ...) stacks by ``factor``; H and W must be multiples of it.
+
+    Masks keep blocks that are at least half foreground; normals are the renormalised mean of the in-mask ones;
+    depth is the mean of the valid (> 0) ones.
+    """
+    n, h, w = masks.shape
+    hb, wb = h // factor, w // factor
+
+    def blocks(x: np.ndarray) -> np.ndarray:
+        return x.reshape(n, hb, factor, wb, factor, *x.shape[3:])
+
+    weight = blocks(masks.astype(np.float64))
+    new_masks = weight.mean(axis=(2, 4)) >= 0.5
+    summed = (blocks(normals.astype(np.float64)) * weight[..., None]).sum(axis=(2, 4))
+    norms = np.linalg.norm(summed, axis=-1, keepdims=True)
+    new_normals = np.where(new_masks[..., None], summed / np.clip(norms, 1e-12, None), 0.0)
+    new_depths = None
+    if depths is not None:
+        valid = blocks((depths > 0).astype(np.float64))
+        total = (blocks(depths.astype(np.float64)) * valid).sum(axis=(2, 4))
+        count = valid.sum(axis=(2, 4))
+        new_depths = np.where(count > 0, total / np.maximum(count, 1.0), 0.0)
+    return new_normals, new_masks, new_depths
+
+
+def load_diligent_mv(
+    data_dir: Path,
+    normal_dir: str = "normal_world_space_GT",
+    normal_space: str = "auto",
+    downscale_factor: int = 1,
+    depth_dir: Optional[str] = "integration/perspective",
+    load_depth: bool = True,
+) -> MultiViewNormalData:
+    """Load every view of a DiLiGenT-MV style dataset into the normalised frame (ascending view id).
+
+    Raises :class:`PMNIDataError` (one line: ``"<path>: <problem>"``) on any bad input.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise _error(data_dir, "dataset folder not found" if not data_dir.exists() else "not a folder")
+    if not any(data_dir.iterdir()):
+        raise _error(data_dir, "dataset folder is empty")
+    if not isinstance(downscale_factor, (int, np.integer)) or downscale_factor < 1:
+        raise _error(data_dir, f"downscale factor must be a positive integer, not {downscale_factor!r}")
+    space = resolve_normal_space(normal_dir, normal_space)
+
+    camera_path = data_dir / CAMERAS_FILE
+    if not camera_path.is_file():
+        raise _error(camera_path, "camera file not found")
+    normal_files = find_normal_maps(data_dir, normal_dir)
+    mask_files = index_folder(data_dir / MASK_DIR, io.MASK_SUFFIXES)
+    _check_same_views(data_dir, {normal_dir: normal_files, MASK_DIR: mask_files})
+    view_ids = sorted(normal_files)
+    camera_arrays = io.read_npz(camera_path)
+    _check_camera_views(camera_path, camera_arrays, view_ids)
+
+    K, c2w, c2w_world, scale_mat = _read_cameras(camera_path, camera_arrays, view_ids)
+    normalisation = cameras.Normalisation(scale_mat)
+    gt_c2w = None
+    if (data_dir / GT_CAMERAS_FILE).is_file():
+        gt_path = data_dir / GT_CAMERAS_FILE
+        gt_c2w = _read_cameras(gt_path, io.read_npz(gt_path), view_ids, scale_mat=scale_mat)[1]
+
+    normals_list, masks_list = [], []
+    shape: Optional[Tuple[int, int]] = None
+    for pos, view in enumerate(view_ids):
+        mask = io.read_mask(mask_files[view])
+        normals = io.read_normal_map(normal_files[view])
+        if normals.shape[:2] != mask.shape:
+            raise _error(
+                normal_files[view],
+                f"normal map is {normals.shape[1]}x{normals.shape[0]} but mask {mask_files[view].name} is "
+                f"{mask.shape[1]}x{mask.shape[0]} (width x height)",
+            )
+        if shape is None:
+            shape = mask.shape
+        elif mask.shape != shape:
+            raise _error(
+                normal_files[view],
+                f"image is {mask.shape[1]}x{mask.shape[0]} but view {view_ids[0]} is {shape[1]}x{shape[0]}; "
+                "all views must have one resolution",
+            )
+        if not mask.any():
+            raise _error(mask_files[view], "mask is empty (no foreground pixel)")
+        normals = _check_and_repair_normals(normal_files[view], normals, mask)
+        if space == "camera":
+            normals = cameras.camera_normals_to_world(normals, c2w_world[pos])
+        normals = np.where(mask[..., None], normalisation.normals_to_normalised(normals), 0.0)
+        normals_list.append(normals.astype(np.float32))
+        masks_list.append(mask)
+    normals_all = np.stack(normals_list)
+    masks_all = np.stack(masks_list)
+
+    depths = None
+    if load_depth and depth_dir is not None and (data_dir / depth_dir).is_dir():
+        depths = _read_depths(data_dir / depth_dir, view_ids, shape) / normalisation.scale
+
+    if downscale_factor > 1:
+        normals_all, masks_all, depths, K = _downscale(
+            data_dir, view_ids, normals_all, masks_all, depths, K, int(downscale_factor)
+        )
+
+    return MultiViewNormalData(
+        data_dir=data_dir,
+        view_ids=view_ids,
+        K=K,
+        c2w=c2w,
+        normals=normals_all.astype(np.float32),
+        masks=masks_all,
+        scale_mat=scale_mat,
+        depths=None if depths is None else depths.astype(np.float32),
+        gt_mesh=data_dir / GT_MESH_FILE if (data_dir / GT_MESH_FILE).is_file() else None,
+        gt_c2w=gt_c2w,
+    )
+
+
+def _check_same_views(data_dir: Path, sources: Dict[str, Dict[int, Path]]) -> None:
+    names = list(sources)
+    reference = set(sources[names[0]])
+    for name in names[1:]:
+        other = set(sources[name])
+        if other != reference:
+            parts = []
+            if reference - other:
+                parts.append(f"{name}/ lacks views {_fmt_views(reference - other)} that {names[0]}/ has")
+            if other - reference:
+                parts.append(f"{names[0]}/ lacks views {_fmt_views(other - reference)} that {name}/ has")
+            raise _error(
+                data_dir,
+                f"{len(reference)} normal maps but {len(other)} files in {name}/: " + "; ".join(parts),
+            )
+
+
+def _check_camera_views(camera_path: Path, arrays: Dict[str, np.ndarray], view_ids: List[int]) -> None:
+    camera_views = {int(k[len("world_mat_"):]) for k in arrays if re.fullmatch(r"world_mat_\d+", k)}
+    missing, extra = set(view_ids) - camera_views, camera_views - set(view_ids)
+    if missing:
+        raise _error(camera_path, f"missing key world_mat_{min(missing)} (no camera for views {_fmt_views(missing)})")
+    if extra:
+        # Extra cameras usually mean a normal map went missing; silently training on fewer views would hide it.
+        raise _error(
+            camera_path,
+            f"{len(camera_views)} cameras but {len(view_ids)} normal maps and masks: no images for views "
+            f"{_fmt_views(extra)}",
+        )
+
+
+def _read_depths(depth_dir: Path, view_ids: List[int], shape: Tuple[int, int]) -> np.ndarray:
+    files = index_folder(depth_dir, (".npy",))
+    missing = set(view_ids) - set(files)
+    if missing:
+        raise _error(depth_dir, f"no depth map for views {_fmt_views(missing)}")
+    depths = []
+    for view in view_ids:
+        depth = io.read_depth(files[view])
+        if depth.shape != shape:
+            raise _error(
+                files[view],
+                f"depth map is {depth.shape[1]}x{depth.shape[0]} but the normal maps are {shape[1]}x{shape[0]}",
+            )
+        depths.append(np.where(np.isfinite(depth) & (depth > 0), depth, 0.0))
+    return np.stack(depths).astype(np.float64)
+
+
+def _downscale(
+    data_dir: Path,
+    view_ids: List[int],
+    normals: np.ndarray,
+    masks: np.ndarray,
+    depths: Optional[np.ndarray],
+    K: np.ndarray,
+    factor: int,
+) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray], np.ndarray]:
+    _, h, w = masks.shape
+    if factor > h or factor > w:
+        raise _error(data_dir, f"downscale factor {factor} does not fit {w}x{h} images")
+    # Cropping the bottom / right keeps pixel coordinates, hence the intrinsics, unchanged.
+    hc, wc = h - h % factor, w - w % factor
+    normals, masks = normals[:, :hc, :wc], masks[:, :hc, :wc]
+    depths = None if depths is None else depths[:, :hc, :wc]
+    normals, masks, depths = downscale_views(normals, masks, depths, factor)
+    empty = [v for v, m in zip(view_ids, masks) if not m.any()]
+    if empty:
+        raise _error(data_dir, f"downscale factor {factor} leaves empty masks in views {_fmt_views(empty)}")
+    return normals, masks, depths, cameras.downscale_intrinsics(K, factor)
+
+
+def split_indices(view_ids: Sequence[int], exclude_views: Iterable[int], split: str) -> List[int]:
+    """Positions (not view ids) of a split: train = all but the excluded views; val/test = the excluded ones,
+    or every view when none is excluded (so evaluation still has something to look at)."""
+    excluded = set(int(v) for v in exclude_views)
+    unknown = excluded - set(view_ids)
+    if unknown:
+        raise PMNIDataError(
+            f"exclude_views: views {_fmt_views(unknown)} are not in the dataset (views {_fmt_views(view_ids)})"
+        )
+    if split == "train":
+        indices = [i for i, v in enumerate(view_ids) if v not in excluded]
+        if not indices:
+            raise PMNIDataError("exclude_views: every view is excluded; nothing is left to train on")
+        return indices
+    if split in ("val", "test", "inference"):
+        return [i for i, v in enumerate(view_ids) if v in excluded] or list(range(len(view_ids)))
+    raise ValueError(f"unknown split {split!r}; expected 'train', 'val' or 'test'")

@@ -1,0 +1,1 @@
+"""nerfstudio dataparsers of pmni. Import the concrete modules directly; this package stays import-light."""

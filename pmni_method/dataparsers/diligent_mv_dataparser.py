@@ -1,0 +1,129 @@
+"""nerfstudio dataparser for DiLiGenT-MV style multi-view normal datasets (``diligent-mv-data``).
+
+All geometry is handed to nerfstudio in the normalised frame (object inside the unit sphere). The normal maps,
+masks and depths do not travel through nerfstudio's image loading: they ride in ``metadata["pmni_data"]`` as a
+:class:`MultiViewNormalData` so that masks never use the batch key ``mask`` (which would restrict ray sampling
+to the foreground).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional, Tuple, Type
+
+import numpy as np
+import torch
+from nerfstudio.cameras.cameras import Cameras, CameraType
+from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserConfig, DataparserOutputs
+from nerfstudio.data.scene_box import SceneBox
+from nerfstudio.utils.rich_utils import CONSOLE
+
+from pmni_method import cameras
+from pmni_method.data.diligent_mv import find_normal_maps, load_diligent_mv, split_indices
+from pmni_method.data.types import MultiViewNormalData, PMNIDataError
+
+
+@dataclass
+class DiligentMVDataParserConfig(DataParserConfig):
+    """DiLiGenT-MV layout: cameras_sphere.npz, a normal-map folder, mask/, optional depth and GT mesh."""
+
+    _target: Type = field(default_factory=lambda: DiligentMVDataParser)
+    """Target class to instantiate."""
+    data: Path = Path("data/DiLiGenT-MV/bearPNG")
+    """Dataset folder of one object (holds cameras_sphere.npz)."""
+    normal_dir: str = "normal_world_space_GT"
+    """Normal-map folder inside the dataset, e.g. normal_world_space_sdmunips or normal_camera_space_GT."""
+    normal_space: Literal["auto", "world", "camera"] = "auto"
+    """Frame of the normal maps; auto = camera if the folder name contains 'camera', else world."""
+    downscale_factor: int = 1
+    """Integer factor to block-average images by (intrinsics are adjusted to match)."""
+    exclude_views: Tuple[int, ...] = ()
+    """View indices held out of training for evaluation (val/test use all views when empty)."""
+    load_depth: bool = True
+    """Load integration/perspective/*.npy depth maps when the dataset has them."""
+
+
+class DiligentMVDataParser(DataParser):
+    """Reads a DiLiGenT-MV style folder once and serves its train / val / test splits."""
+
+    config: DiligentMVDataParserConfig
+
+    def __init__(self, config: DiligentMVDataParserConfig):
+        super().__init__(config=config)
+        # nerfstudio asks for the train and eval splits separately; reading the images once is enough.
+        self._data: Optional[MultiViewNormalData] = None
+
+    def load(self) -> MultiViewNormalData:
+        """All views of the dataset (cached). Raises :class:`PMNIDataError` on bad input."""
+        if self._data is None:
+            self._data = load_diligent_mv(
+                self.config.data,
+                normal_dir=self.config.normal_dir,
+                normal_space=self.config.normal_space,
+                downscale_factor=self.config.downscale_factor,
+                load_depth=self.config.load_depth,
+            )
+        return self._data
+
+    def _generate_dataparser_outputs(self, split: str = "train", **kwargs) -> DataparserOutputs:
+        try:
+            data = self.load()
+            indices = split_indices(data.view_ids, self.config.exclude_views, split)
+            normal_files = find_normal_maps(self.config.data, self.config.normal_dir)
+        except PMNIDataError as e:
+            # A data error is the user's to fix, not ours to debug: one red line and no traceback under ns-train.
+            CONSOLE.print(f"pmni: {e}", style="bold red", markup=False, highlight=False, soft_wrap=True)
+            raise SystemExit(2) from None
+        subset = data.subset(indices)
+        transform, scale = world_to_normalised_transform(data.scale_mat)
+        return DataparserOutputs(
+            image_filenames=[normal_files[v] for v in subset.view_ids],
+            cameras=to_nerfstudio_cameras(subset),
+            scene_box=SceneBox(aabb=torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]], dtype=torch.float32)),
+            mask_filenames=None,
+            dataparser_transform=torch.from_numpy(transform).float(),
+            dataparser_scale=scale,
+            metadata={
+                "pmni_data": subset,
+                "scale_mat": np.array(data.scale_mat, dtype=np.float64),
+                "gt_mesh": data.gt_mesh,
+                "view_ids": list(subset.view_ids),
+            },
+        )
+
+
+def to_nerfstudio_cameras(data: MultiViewNormalData) -> Cameras:
+    """nerfstudio perspective cameras (OpenGL axes, pixel centres at i + 0.5) for the views of ``data``."""
+    c2w = cameras.opencv_to_nerfstudio_c2w(data.c2w)[:, :3, :4]
+    cx, cy = cameras.opencv_to_nerfstudio_principal_point(data.K[:, 0, 2], data.K[:, 1, 2])
+    n = data.num_views
+
+    def column(values: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(values, dtype=np.float32).reshape(n, 1))
+
+    return Cameras(
+        camera_to_worlds=torch.as_tensor(c2w, dtype=torch.float32),
+        fx=column(data.K[:, 0, 0]),
+        fy=column(data.K[:, 1, 1]),
+        cx=column(cx),
+        cy=column(cy),
+        width=torch.full((n, 1), data.width, dtype=torch.int64),
+        height=torch.full((n, 1), data.height, dtype=torch.int64),
+        camera_type=CameraType.PERSPECTIVE,
+    )
+
+
+def world_to_normalised_transform(scale_mat: np.ndarray) -> Tuple[np.ndarray, float]:
+    """nerfstudio's ``(dataparser_transform, dataparser_scale)``: ``x_norm = scale * (T @ [x_world; 1])``.
+
+    With ``scale_mat = [A | c]`` and ``s = det(A)^(1/3)``: ``T = [s A^-1 | -s A^-1 c]``, ``scale = 1 / s``; for a
+    uniform ``scale_mat`` (A = s I) that is ``T = [I | -c]``. This is the same map as
+    :meth:`pmni_method.cameras.Normalisation.to_normalised`, which is the reference (and holds the inverse,
+    ``to_world``).
+    """
+    norm = cameras.Normalisation(np.asarray(scale_mat, dtype=np.float64))
+    s = norm.scale
+    rot = s * np.linalg.inv(norm.linear)
+    transform = np.concatenate([rot, -(rot @ norm.offset)[:, None]], axis=1)
+    return transform, 1.0 / s
