@@ -1,0 +1,1 @@
+"""Command-line entry points of pmni (console scripts wired in pyproject.toml)."""

@@ -1,0 +1,504 @@
+"""Render a DiLiGenT-MV-layout multi-view normal dataset from any mesh, with exact ground truth.
+
+Layout written into the output folder (N views; file stems are 3-digit zero-based view indices)::
+
+    cameras_sphere.npz                  world_mat_<i> (4x4 K[R|t], world -> pixels; perturbed if pose noise is on),
+                                        scale_mat_<i> (normalised unit sphere -> world, the same for every view)
+    cameras_gt.npz                      only with pose noise: the true cameras, same keys
+    normal_world_space_GT/<iii>.exr     float32 R,G,B = world x,y,z unit normals, 0 outside the mask
+    normal_camera_space_GT/<iii>.exr    the same normals in DiLiGenT camera axes (x right, y up, z toward the camera)
+    mask/<iii>.png                      8-bit 0/255
+    integration/perspective/<iii>.npy   float32 (H, W) camera-z depth in world units (times a per-view factor with
+                                        depth-scale noise), 0 outside the mask
+    mesh_Gt.ply                         the mesh in world units
+    synth.json                          every option, the seed, the mesh source and derived quantities
+
+Normal maps, masks and depth are always rendered with the true cameras. The output appears atomically: everything
+is written into a hidden sibling folder that is renamed at the end, so a failed run leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Literal, Optional, Tuple
+
+import numpy as np
+import trimesh
+from scipy.spatial.transform import Rotation
+
+from pmni_method import cameras
+from pmni_method.data import io
+from pmni_method.data.types import PMNIDataError
+
+UpAxis = Literal["x", "y", "z", "-x", "-y", "-z"]
+
+DILIGENT_FOCAL = 3772.0
+"""DiLiGenT-MV's focal length in pixels (fx = fy, 612x512 images)."""
+
+CAMERAS_FILE = "cameras_sphere.npz"
+GT_CAMERAS_FILE = "cameras_gt.npz"
+WORLD_NORMAL_DIR = "normal_world_space_GT"
+CAMERA_NORMAL_DIR = "normal_camera_space_GT"
+MASK_DIR = "mask"
+DEPTH_DIR = "integration/perspective"
+GT_MESH_FILE = "mesh_Gt.ply"
+INFO_FILE = "synth.json"
+
+NORMAL_NOISE_DEFINITION = (
+    "each normal n is tilted by theta = |N(0, normal_noise_deg)| degrees toward the tangent direction "
+    "cos(phi) e1 + sin(phi) e2, phi ~ U(0, 2 pi), where (e1, e2) is an orthonormal basis of the plane "
+    "perpendicular to n; i.e. a rotation by theta about a uniformly random axis perpendicular to n. A tilt that "
+    "would turn the normal away from the camera goes toward -(cos(phi) e1 + sin(phi) e2) instead"
+)
+POSE_NOISE_DEFINITION = (
+    "stored camera-to-world rotation = R_delta @ R_true, R_delta a rotation by |N(0, pose_rotation_noise_deg)| "
+    "degrees about a uniformly random axis (the camera turns about its own centre); stored camera centre = true "
+    "centre + N(0, (pose_translation_noise * camera_distance)^2 I_3)"
+)
+
+# Smooth normals at silhouettes can lean slightly away from the viewer although the hit face faces it; they are
+# pushed back to at least this cosine with the view direction (the true surface normal there is perpendicular).
+_MIN_FACING_COSINE = 1e-3
+
+
+@dataclass
+class SynthConfig:
+    """Options of the synthetic DiLiGenT-MV dataset generator (``pmni-synth``)."""
+
+    mesh: Path
+    """Input mesh: any file trimesh reads (obj, ply, off, stl, glb...)."""
+    output: Path
+    """Dataset folder to create; it must not exist or must be empty, unless --overwrite."""
+    num_views: int = 20
+    """Number of views, evenly spaced on a turntable ring around the up axis."""
+    width: int = 612
+    """Image width in pixels."""
+    height: int = 512
+    """Image height in pixels."""
+    focal: float = DILIGENT_FOCAL
+    """Focal length fx = fy in pixels; the principal point is the image centre ((W-1)/2, (H-1)/2), OpenCV."""
+    elevation_deg: float = 10.0
+    """Camera elevation above the ring plane through the object's centre, in degrees."""
+    start_azimuth_deg: float = 0.0
+    """Azimuth of view 0 around the up axis, in degrees."""
+    up_axis: UpAxis = "y"
+    """Mesh axis that points up: the turntable axis and the image-up direction."""
+    fill_fraction: float = 0.85
+    """Fraction of the shorter image side that the object's bounding sphere covers; sets the camera distance."""
+    world_scale: float = 1.0
+    """World units per mesh unit (e.g. 1000 turns a mesh in metres into DiLiGenT-like millimetres)."""
+    sphere_margin: float = 1.05
+    """Radius of the normalisation sphere (scale_mat) over the object's bounding-sphere radius; must be > 1."""
+    flat_normals: bool = False
+    """Write face normals instead of barycentric-interpolated vertex normals (smooth, like photometric stereo)."""
+    normal_noise_deg: float = 0.0
+    """Angular noise on the written normals: a tilt by |N(0, s)| degrees toward a uniformly random tangent direction."""
+    pose_rotation_noise_deg: float = 0.0
+    """Rotation noise on the stored poses: |N(0, s)| degrees about a uniformly random axis through the camera centre."""
+    pose_translation_noise: float = 0.0
+    """Gaussian noise on the stored camera centres, per axis, as a fraction of the camera distance (orbit radius)."""
+    depth_scale_noise: float = 0.0
+    """Each view's depth map is multiplied by exp(U(-x, x)), like depth from single-view normal integration."""
+    seed: int = 0
+    """Seed of every random draw."""
+    overwrite: bool = False
+    """Replace an existing non-empty output folder."""
+
+
+@dataclass
+class Rig:
+    """The true cameras and the normalisation of one synthetic dataset (world units)."""
+
+    K: np.ndarray
+    """(3, 3) OpenCV intrinsics shared by all views."""
+    c2w: np.ndarray
+    """(N, 4, 4) true OpenCV camera-to-world."""
+    scale_mat: np.ndarray
+    """(4, 4) normalised unit sphere -> world."""
+    centre: np.ndarray
+    """(3,) bounding-sphere centre (centre of the axis-aligned bounding box)."""
+    radius: float
+    """Bounding-sphere radius about ``centre``."""
+    distance: float
+    """Camera distance from ``centre`` (the orbit radius)."""
+
+
+@dataclass
+class ViewRender:
+    """Ground truth of one view, before noise."""
+
+    mask: np.ndarray
+    """(H, W) bool."""
+    normals: np.ndarray
+    """(H, W, 3) float64 world unit normals facing the camera, 0 outside the mask."""
+    depth: np.ndarray
+    """(H, W) float64 camera-z depth in world units, 0 outside the mask."""
+
+
+def up_vector(axis: str) -> np.ndarray:
+    """Unit vector of an axis name such as ``"y"`` or ``"-z"``."""
+    vec = np.zeros(3)
+    vec["xyz".index(axis[-1])] = -1.0 if axis.startswith("-") else 1.0
+    return vec
+
+
+def validate_config(config: SynthConfig) -> None:
+    """Reject options that cannot produce a dataset (one-line :class:`PMNIDataError`)."""
+    checks = [
+        (config.num_views >= 1, "--num-views", "must be at least 1"),
+        (config.width >= 1 and config.height >= 1, "--width/--height", "must be at least 1 pixel"),
+        (np.isfinite(config.focal) and config.focal > 0, "--focal", "must be a positive number of pixels"),
+        (np.isfinite(config.fill_fraction) and config.fill_fraction > 0, "--fill-fraction", "must be positive"),
+        (np.isfinite(config.world_scale) and config.world_scale > 0, "--world-scale", "must be positive"),
+        (np.isfinite(config.sphere_margin) and config.sphere_margin > 1, "--sphere-margin", "must be > 1"),
+        (config.up_axis in UpAxis.__args__, "--up-axis", f"must be one of {', '.join(UpAxis.__args__)}"),
+    ]
+    for name in ("normal_noise_deg", "pose_rotation_noise_deg", "pose_translation_noise", "depth_scale_noise"):
+        value = getattr(config, name)
+        checks.append((np.isfinite(value) and value >= 0, "--" + name.replace("_", "-"), "must be >= 0"))
+    for ok, option, problem in checks:
+        if not ok:
+            raise PMNIDataError(f"{option}: {problem}")
+
+
+def check_output(output: Path, overwrite: bool) -> None:
+    """Refuse to clobber anything the user did not ask to replace."""
+    if not output.exists() and not output.is_symlink():
+        return
+    if not output.is_dir():
+        raise PMNIDataError(f"{output}: output exists and is not a folder")
+    if any(output.iterdir()) and not overwrite:
+        raise PMNIDataError(f"{output}: output folder exists and is not empty (use --overwrite to replace it)")
+
+
+def load_mesh(path: Path, world_scale: float = 1.0) -> trimesh.Trimesh:
+    """Read a mesh file as one triangle mesh in world units (mesh units x ``world_scale``)."""
+    path = Path(path)
+    if not path.exists():
+        raise PMNIDataError(f"{path}: mesh file not found")
+    if not path.is_file():
+        raise PMNIDataError(f"{path}: not a regular file")
+    try:
+        loaded = trimesh.load(str(path), force="mesh", process=False)
+    except Exception as e:  # trimesh's parsers raise anything from ValueError to IndexError on bad files
+        detail = " ".join(str(e).split()) or type(e).__name__
+        raise PMNIDataError(f"{path}: cannot read mesh ({detail})") from None
+    if not isinstance(loaded, trimesh.Trimesh) or len(loaded.faces) == 0:
+        raise PMNIDataError(f"{path}: mesh has no triangles")
+    vertices = np.asarray(loaded.vertices, dtype=np.float64)
+    if not np.all(np.isfinite(vertices)):
+        raise PMNIDataError(f"{path}: mesh has NaN or infinite vertex coordinates")
+    # Rebuilding without visuals lets process=True merge vertices split at UV seams, so that vertex normals
+    # stay smooth across them.
+    mesh = trimesh.Trimesh(vertices=vertices * world_scale, faces=np.asarray(loaded.faces), process=True)
+    if len(mesh.faces) == 0 or not np.any(mesh.area_faces > 0):
+        raise PMNIDataError(f"{path}: mesh has no triangles of non-zero area")
+    return mesh
+
+
+def make_rig(mesh: trimesh.Trimesh, config: SynthConfig) -> Rig:
+    """True turntable cameras framing the mesh, and the scale_mat that puts it inside the unit sphere."""
+    centre = mesh.bounds.mean(axis=0)
+    radius = float(np.linalg.norm(mesh.vertices - centre, axis=1).max())
+    # The sphere's silhouette seen from distance d has angular radius asin(r / d) and image radius f tan(asin(r / d)).
+    half_extent = 0.5 * config.fill_fraction * min(config.width, config.height)
+    distance = radius / np.sin(np.arctan(half_extent / config.focal))
+    if not distance > config.sphere_margin * radius:
+        raise PMNIDataError(
+            f"--fill-fraction: {config.fill_fraction} with --focal {config.focal} puts the camera inside the "
+            "normalisation sphere; use a smaller fill fraction or a longer focal length"
+        )
+    K = np.array(
+        [[config.focal, 0.0, (config.width - 1) / 2.0], [0.0, config.focal, (config.height - 1) / 2.0], [0, 0, 1.0]]
+    )
+    c2w = cameras.ring_poses(
+        config.num_views,
+        distance,
+        elevation_deg=config.elevation_deg,
+        up=up_vector(config.up_axis),
+        start_azimuth_deg=config.start_azimuth_deg,
+        target=centre,
+    )
+    scale_mat = np.eye(4)
+    scale_mat[:3, :3] *= config.sphere_margin * radius
+    scale_mat[:3, 3] = centre
+    return Rig(K=K, c2w=c2w, scale_mat=scale_mat, centre=centre, radius=radius, distance=float(distance))
+
+
+def make_intersector(mesh: trimesh.Trimesh):
+    """Embree ray caster when available (fast); trimesh's pure-numpy one otherwise (slow: warns)."""
+    if trimesh.ray.has_embree:
+        from trimesh.ray.ray_pyembree import RayMeshIntersector
+
+        return RayMeshIntersector(mesh)
+    warnings.warn("embree is not available (pip install embreex): falling back to trimesh's slow ray caster")
+    from trimesh.ray.ray_triangle import RayMeshIntersector
+
+    return RayMeshIntersector(mesh)
+
+
+def _candidate_pixels(mesh: trimesh.Trimesh, K: np.ndarray, c2w: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(row, col) of the pixels inside the bounding box of the projected mesh: no other pixel can see it.
+
+    Exact because every vertex is in front of the camera, so each triangle projects inside its vertices' hull.
+    """
+    uv, _ = cameras.project_points(K, c2w, mesh.vertices)
+    col0, row0 = np.maximum(np.floor(uv.min(axis=0)).astype(int) - 1, 0)
+    col1 = min(int(np.ceil(uv[:, 0].max())) + 1, width - 1)
+    row1 = min(int(np.ceil(uv[:, 1].max())) + 1, height - 1)
+    if col0 > col1 or row0 > row1:
+        return np.zeros((0, 2), dtype=np.int64)
+    rows, cols = np.meshgrid(np.arange(row0, row1 + 1), np.arange(col0, col1 + 1), indexing="ij")
+    return np.stack([rows.ravel(), cols.ravel()], axis=-1)
+
+
+def _hit_normals(
+    mesh: trimesh.Trimesh,
+    tri: np.ndarray,
+    corners: np.ndarray,
+    face_normal: np.ndarray,
+    points: np.ndarray,
+    dirs: np.ndarray,
+    flat: bool,
+) -> np.ndarray:
+    """Unit normals at ray hits (M, 3), facing the rays' origins."""
+    n = face_normal / np.linalg.norm(face_normal, axis=1, keepdims=True)
+    if not flat:
+        bary = np.clip(trimesh.triangles.points_to_barycentric(corners, points), 0.0, None)
+        bary /= bary.sum(axis=1, keepdims=True)
+        smooth = np.einsum("ij,ijk->ik", bary, mesh.vertex_normals[mesh.faces[tri]])
+        length = np.linalg.norm(smooth, axis=1, keepdims=True)
+        usable = length[:, 0] > 1e-8
+        n = np.where(usable[:, None], smooth / np.where(usable[:, None], length, 1.0), n)
+        # Vertex normals follow the winding; make them agree with the face's before orienting both.
+        n *= np.where(np.einsum("ij,ij->i", n, face_normal) < 0, -1.0, 1.0)[:, None]
+    # A ray that meets a face from behind (open meshes, inconsistent winding) sees its other side.
+    n *= np.where(np.einsum("ij,ij->i", face_normal, dirs) > 0, -1.0, 1.0)[:, None]
+    cosine = -np.einsum("ij,ij->i", n, dirs)
+    lean = cosine < _MIN_FACING_COSINE
+    if np.any(lean):
+        n[lean] -= (_MIN_FACING_COSINE - cosine[lean])[:, None] * dirs[lean]
+        n[lean] /= np.linalg.norm(n[lean], axis=1, keepdims=True)
+    return n
+
+
+def render_view(
+    mesh: trimesh.Trimesh, intersector, K: np.ndarray, c2w: np.ndarray, height: int, width: int, flat: bool = False
+) -> ViewRender:
+    """Ray-cast one view: first hits only, normals oriented toward the camera."""
+    mask = np.zeros((height, width), dtype=bool)
+    normals = np.zeros((height, width, 3))
+    depth = np.zeros((height, width))
+    pixels = _candidate_pixels(mesh, K, c2w, height, width)
+    if len(pixels) == 0:
+        return ViewRender(mask, normals, depth)
+    origins, dirs = cameras.pixel_rays(K, c2w, height, width, pixels)
+    tri = np.asarray(intersector.intersects_first(origins, dirs))
+    hit = tri >= 0
+    pixels, origins, dirs, tri = pixels[hit], origins[hit], dirs[hit], tri[hit]
+
+    # Embree works in float32; redo the hit in float64 against the triangle it found.
+    corners = mesh.vertices[mesh.faces[tri]]
+    face_normal = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    denom = np.einsum("ij,ij->i", dirs, face_normal)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.einsum("ij,ij->i", corners[:, 0] - origins, face_normal) / denom
+    ok = np.isfinite(t) & (t > 0)
+    pixels, origins, dirs, tri, corners = pixels[ok], origins[ok], dirs[ok], tri[ok], corners[ok]
+    face_normal, t = face_normal[ok], t[ok]
+    points = origins + t[:, None] * dirs
+    n = _hit_normals(mesh, tri, corners, face_normal, points, dirs, flat)
+
+    rows, cols = pixels[:, 0], pixels[:, 1]
+    mask[rows, cols] = True
+    normals[rows, cols] = n
+    depth[rows, cols] = t * (dirs @ np.asarray(c2w)[:3, 2])
+    return ViewRender(mask, normals, depth)
+
+
+def perturb_normals(
+    normals: np.ndarray, sigma_deg: float, rng: np.random.Generator, view_dirs: Optional[np.ndarray] = None
+) -> np.ndarray:
+    """Angular noise on (M, 3) unit normals; see :data:`NORMAL_NOISE_DEFINITION`.
+
+    With ``view_dirs`` (M, 3), a tilt that would turn a normal away from the viewer goes the opposite tangent
+    way instead (measured normals never face away from the camera); the random draws are the same either way.
+    """
+    theta = np.deg2rad(np.abs(rng.normal(0.0, 1.0, size=len(normals)) * sigma_deg))
+    phi = rng.uniform(0.0, 2.0 * np.pi, size=len(normals))
+    helper = np.where(np.abs(normals[:, :1]) < 0.9, [[1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]])
+    e1 = np.cross(normals, helper)
+    e1 /= np.linalg.norm(e1, axis=1, keepdims=True)
+    e2 = np.cross(normals, e1)
+    tangent = np.cos(phi)[:, None] * e1 + np.sin(phi)[:, None] * e2
+    out = np.cos(theta)[:, None] * normals + np.sin(theta)[:, None] * tangent
+    if view_dirs is not None:
+        away = np.einsum("ij,ij->i", out, view_dirs) >= 0
+        out[away] = np.cos(theta[away])[:, None] * normals[away] - np.sin(theta[away])[:, None] * tangent[away]
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def perturb_poses(
+    c2w: np.ndarray, rotation_deg: float, translation_std: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Noisy copies of (N, 4, 4) OpenCV camera-to-worlds; see :data:`POSE_NOISE_DEFINITION`.
+
+    Every view draws the same numbers whatever the sigmas, so turning one noise on leaves the other's draws alone,
+    and zero sigmas give back the input exactly.
+    """
+    out = np.array(c2w, dtype=np.float64, copy=True)
+    for i in range(len(out)):
+        axis = rng.normal(size=3)
+        angle = np.deg2rad(abs(rng.normal()) * rotation_deg)
+        offset = rng.normal(size=3) * translation_std
+        rot = Rotation.from_rotvec(axis / np.linalg.norm(axis) * angle).as_matrix()
+        out[i, :3, :3] = rot @ out[i, :3, :3]
+        out[i, :3, 3] += offset
+    return out
+
+
+def depth_scale_factors(num_views: int, spread: float, rng: np.random.Generator) -> np.ndarray:
+    """Per-view depth factors exp(U(-spread, spread))."""
+    return np.exp(rng.uniform(-spread, spread, size=num_views))
+
+
+def save_npz(path: Path, arrays: Dict[str, np.ndarray]) -> None:
+    """Like ``np.savez`` but byte-reproducible: numpy stamps each zip member with the current time."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asarray(array), allow_pickle=False)
+
+
+def camera_arrays(K: np.ndarray, c2w: np.ndarray, scale_mat: np.ndarray) -> Dict[str, np.ndarray]:
+    """The ``cameras_sphere.npz`` dictionary: world_mat_<i> and scale_mat_<i> for every view."""
+    arrays: Dict[str, np.ndarray] = {}
+    for i, pose in enumerate(c2w):
+        arrays[f"world_mat_{i}"] = cameras.compose_world_mat(K, pose)
+        arrays[f"scale_mat_{i}"] = np.array(scale_mat, dtype=np.float64)
+    return arrays
+
+
+def _rngs(seed: int) -> Tuple[np.random.Generator, np.random.Generator, np.random.Generator]:
+    # One stream per kind of noise: switching one on never changes another's draws.
+    return tuple(np.random.default_rng([seed, purpose]) for purpose in range(3))  # type: ignore[return-value]
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _info(config: SynthConfig, mesh: trimesh.Trimesh, rig: Rig, factors: np.ndarray) -> dict:
+    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(config).items()}
+    return {
+        "generator": "pmni-synth",
+        "options": options,
+        "seed": config.seed,
+        "mesh_source": str(Path(config.mesh).resolve()),
+        "mesh_source_sha256": _file_sha256(Path(config.mesh)),
+        "world_units": f"mesh units x {config.world_scale:g} (world_scale); depth, scale_mat and mesh_Gt.ply use them",
+        "bbox_diagonal_world": float(np.linalg.norm(mesh.bounds[1] - mesh.bounds[0])),
+        "bbox_world": mesh.bounds.tolist(),
+        "num_vertices": int(len(mesh.vertices)),
+        "num_faces": int(len(mesh.faces)),
+        "bounding_sphere_centre_world": rig.centre.tolist(),
+        "bounding_sphere_radius_world": rig.radius,
+        "camera_distance_world": rig.distance,
+        "K": rig.K.tolist(),
+        "image_size_wh": [config.width, config.height],
+        "normals": "flat (face normals)" if config.flat_normals else "smooth (interpolated vertex normals)",
+        "normal_noise_definition": NORMAL_NOISE_DEFINITION,
+        "pose_noise_definition": POSE_NOISE_DEFINITION,
+        "poses_perturbed": bool(config.pose_rotation_noise_deg > 0 or config.pose_translation_noise > 0),
+        "depth_scale_factors": factors.tolist(),
+    }
+
+
+def _commit(staging: Path, output: Path) -> None:
+    """Move the finished dataset into place, replacing an old one only once the new one is complete."""
+    if output.is_dir() and any(output.iterdir()):
+        trash = output.with_name(f".{output.name}.old-{os.getpid()}")
+        os.replace(output, trash)
+        os.replace(staging, output)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        if output.is_dir():
+            output.rmdir()
+        os.replace(staging, output)
+
+
+def render_dataset(config: SynthConfig, progress: Optional[Callable[[int], None]] = None) -> Path:
+    """Render the dataset described by ``config`` and return its folder.
+
+    ``progress`` is called with each view index once that view is written. Bad input raises a one-line
+    :class:`PMNIDataError` before anything is written.
+    """
+    validate_config(config)
+    output = Path(config.output)
+    check_output(output, config.overwrite)
+    mesh = load_mesh(Path(config.mesh), config.world_scale)
+    rig = make_rig(mesh, config)
+    normal_rng, pose_rng, depth_rng = _rngs(config.seed)
+    stored_c2w = perturb_poses(
+        rig.c2w, config.pose_rotation_noise_deg, config.pose_translation_noise * rig.distance, pose_rng
+    )
+    factors = depth_scale_factors(config.num_views, config.depth_scale_noise, depth_rng)
+    perturbed = config.pose_rotation_noise_deg > 0 or config.pose_translation_noise > 0
+
+    staging = output.with_name(f".{output.name}.partial-{os.getpid()}")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        if staging.exists():
+            shutil.rmtree(staging)
+        for sub in (WORLD_NORMAL_DIR, CAMERA_NORMAL_DIR, MASK_DIR, DEPTH_DIR):
+            (staging / sub).mkdir(parents=True)
+        save_npz(staging / CAMERAS_FILE, camera_arrays(rig.K, stored_c2w, rig.scale_mat))
+        if perturbed:
+            save_npz(staging / GT_CAMERAS_FILE, camera_arrays(rig.K, rig.c2w, rig.scale_mat))
+        mesh.export(staging / GT_MESH_FILE)
+        intersector = make_intersector(mesh)
+        for i, c2w in enumerate(rig.c2w):
+            view = render_view(mesh, intersector, rig.K, c2w, config.height, config.width, config.flat_normals)
+            _write_view(staging, i, view, rig.K, c2w, config, normal_rng, factors[i])
+            if progress is not None:
+                progress(i)
+        (staging / INFO_FILE).write_text(json.dumps(_info(config, mesh, rig, factors), indent=2) + "\n")
+        _commit(staging, output)
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise PMNIDataError(f"{output}: cannot write the dataset ({' '.join(str(e).split())})") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output
+
+
+def _write_view(
+    folder: Path, index: int, view: ViewRender, K: np.ndarray, c2w: np.ndarray, config: SynthConfig,
+    rng: np.random.Generator, depth_factor: float,
+) -> None:
+    """Write one view's files; normal noise and the depth factor are applied here, to the true-camera render."""
+    stem = f"{index:03d}"
+    normals = view.normals
+    if config.normal_noise_deg > 0:
+        normals = normals.copy()
+        _, dirs = cameras.pixel_rays(K, c2w, config.height, config.width, np.argwhere(view.mask))
+        normals[view.mask] = perturb_normals(normals[view.mask], config.normal_noise_deg, rng, dirs)
+    io.write_exr(folder / WORLD_NORMAL_DIR / f"{stem}.exr", normals.astype(np.float32))
+    camera_normals = cameras.world_normals_to_camera(normals, c2w) * view.mask[..., None]
+    io.write_exr(folder / CAMERA_NORMAL_DIR / f"{stem}.exr", camera_normals.astype(np.float32))
+    io.write_mask(folder / MASK_DIR / f"{stem}.png", view.mask)
+    np.save(folder / DEPTH_DIR / f"{stem}.npy", (view.depth * depth_factor).astype(np.float32))
