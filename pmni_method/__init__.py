@@ -1,10 +1,7 @@
 """pmni: pose-free multi-view normal integration (PMNI, CVPR 2025) as a nerfstudio plugin.
 
-Kept import-light on purpose: nerfstudio loads our entry points for every ``ns-*`` command.
+Kept import-free on purpose: the generator and evaluator must not pay for torch, and nerfstudio loads our entry
+points (``pmni_config``, ``dataparsers.diligent_mv_spec``) for every ``ns-*`` command; those apply ``compat``.
 """
-
-from pmni_method.compat import allow_numpy_scalars_in_checkpoints
-
-allow_numpy_scalars_in_checkpoints()
 
 __version__ = "0.1.0"

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 
+from pmni_method.compat import allow_numpy_scalars_in_checkpoints
 from pmni_method.dataparsers.diligent_mv_dataparser import DiligentMVDataParserConfig
+
+# Every ns-* command loads this module, so it is where checkpoints loading gets fixed for ns-viewer / ns-export.
+allow_numpy_scalars_in_checkpoints()
 
 diligent_mv_dataparser = DataParserSpecification(
     config=DiligentMVDataParserConfig(),
