@@ -1,0 +1,115 @@
+"""pmni-eval: Chamfer distance, F-score and normal error of a reconstructed mesh against a DiLiGenT-MV-style dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional, Tuple
+
+import numpy as np
+import tyro
+
+from pmni_method.data.types import PMNIDataError
+
+EXIT_BAD_INPUT = 2
+
+
+@dataclass
+class EvalConfig:
+    """Evaluate a mesh (world units) against a dataset folder holding mesh_Gt.ply, cameras and normal maps."""
+
+    mesh: Path
+    """Reconstructed mesh in world units (e.g. the output of pmni-export)."""
+    data: Path
+    """Dataset folder (cameras_sphere.npz, mask/, normal_world_space_GT/, mesh_Gt.ply)."""
+    threshold: float = 0.5
+    """F-score distance threshold in world units (DiLiGenT-MV: mm)."""
+    heldout_views: Tuple[int, ...] = ()
+    """View ids (as in the file names) whose normal error is also reported on its own."""
+    output: Optional[Path] = None
+    """Where to write the metrics as JSON; nothing is written if omitted."""
+    normal_type: Literal["interpolated", "face"] = "interpolated"
+    """Normals of the rendered mesh: barycentric interpolation of vertex normals, or flat face normals."""
+    alignment: Optional[Path] = None
+    """Optional 4x4 world-frame similarity (text or .npy) applied to the mesh first, e.g. from a pose-free fit."""
+    downscale_factor: int = 1
+    """Evaluate on images downscaled by this integer factor (faster; the protocol uses 1)."""
+
+
+class _BadInput(Exception):
+    """Raised for input problems found by the CLI itself; the message is the one line to print."""
+
+
+def _load_alignment(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise _BadInput(f"{path}: alignment file not found")
+    try:
+        T = np.load(path) if path.suffix == ".npy" else np.loadtxt(path)
+    except Exception as e:  # numpy raises ValueError / OSError / pickle errors for bad files
+        raise _BadInput(f"{path}: cannot read alignment matrix ({type(e).__name__})")
+    T = np.asarray(T, dtype=np.float64)
+    if T.shape != (4, 4) or not np.all(np.isfinite(T)):
+        raise _BadInput(f"{path}: alignment must be a finite 4x4 matrix, got shape {T.shape}")
+    return T
+
+
+def write_json_atomic(obj: dict, output: Path) -> None:
+    """Serialise first, then write a temporary file and rename: a failure never leaves a half-written JSON."""
+    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, output)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(config: EvalConfig) -> int:
+    """Run the evaluation; return the process exit code (0, or 2 for bad input after printing one line)."""
+    from pmni_method.evaluation import evaluate, print_metrics
+
+    try:
+        if config.downscale_factor < 1:
+            raise _BadInput(f"--downscale-factor {config.downscale_factor}: must be a positive integer")
+        if config.output is not None and config.output.is_dir():
+            raise _BadInput(f"{config.output}: output is a folder, expected a .json file path")
+        alignment = _load_alignment(config.alignment) if config.alignment is not None else None
+        metrics = evaluate(
+            config.mesh,
+            config.data,
+            threshold=config.threshold,
+            heldout_views=config.heldout_views,
+            alignment=alignment,
+            normal_type=config.normal_type,
+            downscale_factor=config.downscale_factor,
+        )
+        print_metrics(metrics)
+        if config.output is not None:
+            try:
+                write_json_atomic(metrics, config.output)
+            except OSError as e:
+                raise _BadInput(f"{config.output}: cannot write metrics ({e.strerror or e})")
+            print(f"wrote {config.output}")
+    except (_BadInput, PMNIDataError) as e:
+        print(f"pmni-eval: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def entrypoint() -> None:
+    """Console-script entry point (``pmni-eval``)."""
+    sys.exit(main(tyro.cli(EvalConfig)))
+
+
+if __name__ == "__main__":
+    entrypoint()

@@ -1,0 +1,178 @@
+"""pmni-export: marching-cubes mesh (world units) from a trained pmni nerfstudio run."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Tuple
+
+import numpy as np
+import tyro
+
+from pmni_method.data.types import PMNIDataError
+
+EXIT_BAD_INPUT = 2
+
+
+@dataclass
+class ExportConfig:
+    """Extract the SDF's zero level set from a trained run and write it in world units."""
+
+    load_config: Path
+    """config.yml of the trained run (outputs/<experiment>/<method>/<timestamp>/config.yml)."""
+    output: Path
+    """Mesh file to write (.ply, .obj, .stl or .off); written atomically."""
+    resolution: int = 256
+    """Marching-cubes grid resolution per axis over the normalised bounds."""
+    bounds: Tuple[float, float] = (-1.0, 1.0)
+    """Per-axis extent of the grid in the normalised frame (the object lies in the unit sphere)."""
+    chunk: int = 2**18
+    """SDF queries per forward pass; lower it if the GPU runs out of memory."""
+    keep_largest: bool = True
+    """Keep only the connected component with the largest area (drops floaters)."""
+
+
+class _BadInput(Exception):
+    """An input problem; the message is the one line to print."""
+
+
+def load_pipeline(load_config: Path) -> Any:
+    """Load the trained pipeline for inference, on CUDA if available, else CPU; raise :class:`_BadInput` on bad input.
+
+    The checks mirror what ``eval_setup`` would otherwise answer with an assert, a ``sys.exit(1)`` or a traceback.
+    """
+    import yaml
+
+    if not load_config.is_file():
+        raise _BadInput(f"{load_config}: config file not found")
+    # nerfstudio takes seconds to import; checking the YAML's structure first (compose builds no objects) answers
+    # a wrong file at once.
+    try:
+        root = yaml.compose(load_config.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+        raise _BadInput(f"{load_config}: not a readable YAML file ({type(e).__name__})")
+    if root is None or not str(root.tag).startswith("tag:yaml.org,2002:python/object"):
+        raise _BadInput(f"{load_config}: not a nerfstudio TrainerConfig (expected the config.yml of a training run)")
+
+    with warnings.catch_warnings():
+        # nerfstudio's dependencies emit deprecation warnings on import that would bury the CLI's own output.
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import torch
+        from nerfstudio.configs.method_configs import all_methods
+        from nerfstudio.engine.trainer import TrainerConfig
+        from nerfstudio.utils.eval_utils import eval_setup
+
+    try:
+        config = yaml.load(load_config.read_text(), Loader=yaml.Loader)
+    except Exception as e:  # yaml raises many error types, and unknown python tags fail on import
+        raise _BadInput(f"{load_config}: cannot parse as a nerfstudio config ({type(e).__name__})")
+    if not isinstance(config, TrainerConfig):
+        raise _BadInput(f"{load_config}: not a nerfstudio TrainerConfig (expected the config.yml of a training run)")
+    if config.method_name not in all_methods:
+        raise _BadInput(f"{load_config}: method {config.method_name!r} is not registered with nerfstudio (is pmni installed?)")
+    ckpt_dir = config.get_checkpoint_dir()
+    if not ckpt_dir.is_dir() or not any(ckpt_dir.glob("step-*.ckpt")):
+        raise _BadInput(f"{ckpt_dir}: no checkpoints (step-*.ckpt) found for this config")
+
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def _set_device(cfg: Any) -> Any:
+        # eval_setup picks the device from torch.cuda.is_available() but leaves machine.device_type as trained,
+        # which code reading the config (e.g. a datamanager) would otherwise still take as "cuda".
+        cfg.machine.device_type = device_type
+        return cfg
+
+    _, pipeline, _, _ = eval_setup(load_config, test_mode="inference", update_config_callback=_set_device)
+    return pipeline
+
+
+def main(config: ExportConfig) -> int:
+    """Run the export; return the process exit code (0, or 2 for bad input after printing one line)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from pmni_method.export import EXPORT_FORMATS, MeshExtractionError, extract_mesh, write_mesh_atomic
+
+    console = Console()
+    try:
+        if config.output.suffix.lower() not in EXPORT_FORMATS:
+            raise _BadInput(f"{config.output}: unsupported mesh format; use one of {', '.join(EXPORT_FORMATS)}")
+        if config.output.is_dir():
+            raise _BadInput(f"{config.output}: output is a folder, expected a mesh file path")
+        if config.resolution < 2:
+            raise _BadInput(f"--resolution {config.resolution}: must be at least 2")
+        if config.chunk < 1:
+            raise _BadInput(f"--chunk {config.chunk}: must be positive")
+        if not config.bounds[0] < config.bounds[1]:
+            raise _BadInput(f"--bounds {config.bounds}: expected LOW HIGH with LOW < HIGH")
+
+        pipeline = load_pipeline(config.load_config)
+        import torch
+
+        try:
+            field = pipeline.model.field
+            scale_mat = pipeline.datamanager.train_dataparser_outputs.metadata["scale_mat"]
+        except (AttributeError, KeyError, TypeError) as e:
+            raise _BadInput(f"{config.load_config}: the run has no SDF field or no scale_mat ({type(e).__name__}: {e})")
+        if isinstance(scale_mat, torch.Tensor):
+            scale_mat = scale_mat.detach().cpu().numpy()
+        scale_mat = np.asarray(scale_mat, dtype=np.float64).reshape(4, 4)
+
+        def sdf_fn(x: torch.Tensor) -> torch.Tensor:
+            return field.forward_geonetwork(x)[:, 0]
+
+        with Progress(
+            TextColumn("[bold]evaluating SDF"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        ) as progress:
+            task = progress.add_task("sdf", total=None)
+
+            def on_chunk(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total)
+
+            try:
+                mesh = extract_mesh(
+                    sdf_fn,
+                    resolution=config.resolution,
+                    bounds=config.bounds,
+                    chunk=config.chunk,
+                    scale_mat=scale_mat,
+                    keep_largest=config.keep_largest,
+                    device=pipeline.device,
+                    progress=on_chunk,
+                )
+            except MeshExtractionError as e:
+                raise _BadInput(f"{config.load_config}: {e}")
+        try:
+            write_mesh_atomic(mesh, config.output)
+        except OSError as e:
+            raise _BadInput(f"{config.output}: cannot write mesh ({e.strerror or e})")
+    except (_BadInput, PMNIDataError) as e:
+        print(f"pmni-export: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    lo, hi = mesh.bounds
+    console.print(f"wrote {config.output} ({len(mesh.vertices)} vertices, {len(mesh.faces)} faces)", markup=False)
+    console.print(
+        "bbox (world units): "
+        f"min [{lo[0]:.4g}, {lo[1]:.4g}, {lo[2]:.4g}]  max [{hi[0]:.4g}, {hi[1]:.4g}, {hi[2]:.4g}]  "
+        f"size [{hi[0] - lo[0]:.4g}, {hi[1] - lo[1]:.4g}, {hi[2] - lo[2]:.4g}]",
+        markup=False,
+    )
+    return 0
+
+
+def entrypoint() -> None:
+    """Console-script entry point (``pmni-export``)."""
+    sys.exit(main(tyro.cli(ExportConfig)))
+
+
+if __name__ == "__main__":
+    entrypoint()
