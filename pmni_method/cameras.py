@@ -191,14 +191,24 @@ class Normalisation:
         return n / np.clip(np.linalg.norm(n, axis=-1, keepdims=True), 1e-12, None)
 
     def c2w_to_normalised(self, c2w_world: np.ndarray) -> np.ndarray:
-        """World-frame OpenCV camera-to-world -> normalised frame (valid for similarity scale_mats)."""
-        A = self.linear
-        s = self.scale
-        out = np.array(c2w_world, dtype=np.float64, copy=True)
-        out[..., :3, :3] = np.linalg.solve(A / s, out[..., :3, :3]) if out.ndim == 2 else np.einsum(
-            "ij,njk->nik", np.linalg.inv(A / s), out[..., :3, :3]
-        )
-        out[..., :3, 3] = self.to_normalised(out[..., :3, 3].reshape(-1, 3)).reshape(out[..., :3, 3].shape)
+        """World-frame OpenCV camera-to-worlds (..., 4, 4) -> normalised frame (valid for similarity scale_mats).
+
+        The centre maps as a point; the rotation loses the scale_mat's rotation (identity for DiLiGenT-MV's
+        diagonal scale_mats); intrinsics are unchanged because the uniform scale cancels in the projection.
+        """
+        c2w = np.asarray(c2w_world, dtype=np.float64)
+        out = c2w.copy()
+        rot = np.linalg.inv(self.linear / self.scale)
+        out[..., :3, :3] = np.einsum("ij,...jk->...ik", rot, c2w[..., :3, :3])
+        out[..., :3, 3] = self.to_normalised(c2w[..., :3, 3].reshape(-1, 3)).reshape(c2w[..., :3, 3].shape)
+        return out
+
+    def c2w_to_world(self, c2w_normalised: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`c2w_to_normalised`."""
+        c2w = np.asarray(c2w_normalised, dtype=np.float64)
+        out = c2w.copy()
+        out[..., :3, :3] = np.einsum("ij,...jk->...ik", self.linear / self.scale, c2w[..., :3, :3])
+        out[..., :3, 3] = self.to_world(c2w[..., :3, 3].reshape(-1, 3)).reshape(c2w[..., :3, 3].shape)
         return out
 
 

@@ -26,7 +26,9 @@ import trimesh
 from scipy.spatial import cKDTree
 
 from pmni_method.cameras import Normalisation, pixel_rays
+from pmni_method.data.diligent_mv import load_diligent_mv
 from pmni_method.data.types import PMNIDataError
+from pmni_method.poses import similarity_matrix, umeyama
 
 NormalType = Literal["interpolated", "face"]
 
@@ -364,38 +366,6 @@ def _normal_report(
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def umeyama(src: np.ndarray, dst: np.ndarray, with_scale: bool = True) -> Tuple[float, np.ndarray, np.ndarray]:
-    """Least-squares similarity ``dst ~ s R src + t`` between corresponding (N, 3) points (Umeyama 1991).
-
-    Returns ``(s, R, t)`` with ``R`` a proper rotation; ``s`` is 1 when ``with_scale`` is False.
-    """
-    src = np.asarray(src, dtype=np.float64)
-    dst = np.asarray(dst, dtype=np.float64)
-    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 3 or len(src) < 3:
-        raise ValueError(f"umeyama needs two (N, 3) arrays of equal shape with N >= 3, got {src.shape} and {dst.shape}")
-    mu_src, mu_dst = src.mean(0), dst.mean(0)
-    xs, xd = src - mu_src, dst - mu_dst
-    cov = xd.T @ xs / len(src)
-    U, D, Vt = np.linalg.svd(cov)
-    S = np.eye(3)
-    # The reflection fix keeps R a rotation when the best orthogonal fit would be a mirror.
-    if np.linalg.det(U) * np.linalg.det(Vt) < 0:
-        S[2, 2] = -1.0
-    R = U @ S @ Vt
-    var_src = (xs**2).sum() / len(src)
-    s = float(np.trace(np.diag(D) @ S) / var_src) if with_scale else 1.0
-    t = mu_dst - s * R @ mu_src
-    return s, R, t
-
-
-def similarity_matrix(s: float, R: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """4x4 matrix of ``x -> s R x + t``."""
-    T = np.eye(4)
-    T[:3, :3] = s * np.asarray(R, dtype=np.float64)
-    T[:3, 3] = np.asarray(t, dtype=np.float64)
-    return T
-
-
 def apply_alignment(mesh: trimesh.Trimesh, alignment: Optional[np.ndarray]) -> trimesh.Trimesh:
     """A copy of ``mesh`` moved by a 4x4 world-frame similarity (``mesh`` itself if ``alignment`` is None)."""
     if alignment is None:
@@ -429,20 +399,6 @@ def load_mesh(path: Path | str) -> trimesh.Trimesh:
     if not np.all(np.isfinite(mesh.vertices)):
         raise EvaluationInputError(f"{path}: mesh has NaN or Inf vertex coordinates")
     return mesh
-
-
-def c2w_to_world(c2w: np.ndarray, normalisation: Normalisation) -> np.ndarray:
-    """Normalised-frame OpenCV camera-to-worlds (..., 4, 4) -> world units (inverse of ``c2w_to_normalised``).
-
-    Valid for similarity scale_mats: the camera centre maps as a point, the rotation picks up the scale_mat's
-    rotation (identity for DiLiGenT-MV's diagonal scale_mats), and K is unchanged because the scale cancels.
-    """
-    c2w = np.asarray(c2w, dtype=np.float64)
-    out = c2w.copy()
-    rot = normalisation.linear / normalisation.scale
-    out[..., :3, :3] = np.einsum("ij,...jk->...ik", rot, c2w[..., :3, :3])
-    out[..., :3, 3] = normalisation.to_world(c2w[..., :3, 3].reshape(-1, 3)).reshape(c2w[..., :3, 3].shape)
-    return out
 
 
 def evaluate_arrays(
@@ -513,16 +469,13 @@ def evaluate(
     pred_mesh = load_mesh(mesh_path)
     gt_mesh = load_mesh(gt_path)
 
-    # Imported here: the loader imports pmni_method.poses, which takes umeyama from this module.
-    from pmni_method.data.diligent_mv import load_diligent_mv
-
     data = load_diligent_mv(data_dir, downscale_factor=downscale_factor, load_depth=False)
     missing = sorted(set(int(v) for v in heldout_views) - set(data.view_ids))
     if missing:
         raise EvaluationInputError(f"{data_dir}: held-out view ids {missing} are not in the dataset (has {data.view_ids})")
     norm = data.normalisation
     c2w_norm = data.gt_c2w if data.gt_c2w is not None else data.c2w
-    c2w_world = c2w_to_world(c2w_norm, norm)
+    c2w_world = norm.c2w_to_world(c2w_norm)
     gt_normals = norm.normals_to_world(np.asarray(data.normals, dtype=np.float64))
 
     metrics = evaluate_arrays(

@@ -32,11 +32,11 @@ from typing import Callable, Dict, Literal, Optional, Tuple
 
 import numpy as np
 import trimesh
-from scipy.spatial.transform import Rotation
 
 from pmni_method import cameras
 from pmni_method.data import io
 from pmni_method.data.types import PMNIDataError
+from pmni_method.poses import POSE_NOISE_DEFINITION, perturb_poses
 
 UpAxis = Literal["x", "y", "z", "-x", "-y", "-z"]
 
@@ -57,11 +57,6 @@ NORMAL_NOISE_DEFINITION = (
     "cos(phi) e1 + sin(phi) e2, phi ~ U(0, 2 pi), where (e1, e2) is an orthonormal basis of the plane "
     "perpendicular to n; i.e. a rotation by theta about a uniformly random axis perpendicular to n. A tilt that "
     "would turn the normal away from the camera goes toward -(cos(phi) e1 + sin(phi) e2) instead"
-)
-POSE_NOISE_DEFINITION = (
-    "stored camera-to-world rotation = R_delta @ R_true, R_delta a rotation by |N(0, pose_rotation_noise_deg)| "
-    "degrees about a uniformly random axis (the camera turns about its own centre); stored camera centre = true "
-    "centre + N(0, (pose_translation_noise * camera_distance)^2 I_3)"
 )
 
 # Smooth normals at silhouettes can lean slightly away from the viewer although the hit face faces it; they are
@@ -346,25 +341,6 @@ def perturb_normals(
     return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
-def perturb_poses(
-    c2w: np.ndarray, rotation_deg: float, translation_std: float, rng: np.random.Generator
-) -> np.ndarray:
-    """Noisy copies of (N, 4, 4) OpenCV camera-to-worlds; see :data:`POSE_NOISE_DEFINITION`.
-
-    Every view draws the same numbers whatever the sigmas, so turning one noise on leaves the other's draws alone,
-    and zero sigmas give back the input exactly.
-    """
-    out = np.array(c2w, dtype=np.float64, copy=True)
-    for i in range(len(out)):
-        axis = rng.normal(size=3)
-        angle = np.deg2rad(abs(rng.normal()) * rotation_deg)
-        offset = rng.normal(size=3) * translation_std
-        rot = Rotation.from_rotvec(axis / np.linalg.norm(axis) * angle).as_matrix()
-        out[i, :3, :3] = rot @ out[i, :3, :3]
-        out[i, :3, 3] += offset
-    return out
-
-
 def depth_scale_factors(num_views: int, spread: float, rng: np.random.Generator) -> np.ndarray:
     """Per-view depth factors exp(U(-spread, spread))."""
     return np.exp(rng.uniform(-spread, spread, size=num_views))
@@ -453,7 +429,7 @@ def render_dataset(config: SynthConfig, progress: Optional[Callable[[int], None]
     rig = make_rig(mesh, config)
     normal_rng, pose_rng, depth_rng = _rngs(config.seed)
     stored_c2w = perturb_poses(
-        rig.c2w, config.pose_rotation_noise_deg, config.pose_translation_noise * rig.distance, pose_rng
+        rig.c2w, config.pose_rotation_noise_deg, config.pose_translation_noise, pose_rng, reference_radius=rig.distance
     )
     factors = depth_scale_factors(config.num_views, config.depth_scale_noise, depth_rng)
     perturbed = config.pose_rotation_noise_deg > 0 or config.pose_translation_noise > 0

@@ -16,17 +16,15 @@ from scipy.spatial.transform import Rotation
 from pmni_method.cameras import Normalisation, ring_poses
 from pmni_method.evaluation import (
     apply_alignment,
-    c2w_to_world,
     chamfer_fscore,
     evaluate_arrays,
     normal_metrics,
     print_metrics,
     render_normal_maps,
     sample_visible_surface,
-    similarity_matrix,
-    umeyama,
     view_normal_stats,
 )
+from pmni_method.poses import similarity_matrix, umeyama
 from pmni_method.scripts.eval import EvalConfig, main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,9 +215,9 @@ def test_c2w_to_world_inverts_c2w_to_normalised():
     s, R, t = _random_similarity(4)
     norm = Normalisation(similarity_matrix(s, R, t))
     c2w_world = ring_poses(5, 300.0, elevation_deg=15.0, target=np.array([10.0, -20.0, 5.0]))
-    back = c2w_to_world(norm.c2w_to_normalised(c2w_world), norm)
+    back = norm.c2w_to_world(norm.c2w_to_normalised(c2w_world))
     np.testing.assert_allclose(back, c2w_world, atol=1e-9)
-    np.testing.assert_allclose(c2w_to_world(norm.c2w_to_normalised(c2w_world[0]), norm), c2w_world[0], atol=1e-9)
+    np.testing.assert_allclose(norm.c2w_to_world(norm.c2w_to_normalised(c2w_world[0])), c2w_world[0], atol=1e-9)
 
 
 # --------------------------------------------------------------------------------------------------------------------

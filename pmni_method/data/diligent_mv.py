@@ -9,6 +9,9 @@ Layout::
     <data_dir>/integration/perspective/*.npy   optional camera-z depth
     <data_dir>/mesh_Gt.ply                optional ground-truth mesh (world units)
 
+The poses training starts from are the stored ones by default; :class:`pmni_method.poses.PoseInitConfig` swaps them
+for noisy, ring or file poses (pose-free reconstruction) while the true ones stay in ``gt_c2w``.
+
 Files are matched by view index, the last integer in the file stem (``000.exr``, ``view_01.png``).
 Nothing here imports nerfstudio or torch: the core runs without them.
 """
@@ -22,7 +25,7 @@ from typing import Dict, Iterable, List, Literal, Optional, Sequence, Tuple
 import numpy as np
 import scipy.ndimage
 
-from pmni_method import cameras
+from pmni_method import cameras, poses
 from pmni_method.data import io
 from pmni_method.data.types import MultiViewNormalData, PMNIDataError
 
@@ -203,8 +206,15 @@ def load_diligent_mv(
     downscale_factor: int = 1,
     depth_dir: Optional[str] = "integration/perspective",
     load_depth: bool = True,
+    pose_init: Optional[poses.PoseInitConfig] = None,
 ) -> MultiViewNormalData:
     """Load every view of a DiLiGenT-MV style dataset into the normalised frame (ascending view id).
+
+    ``pose_init`` chooses ``c2w``, the poses training starts from, for all views (default: the stored poses of
+    ``cameras_sphere.npz``). ``gt_c2w`` holds the true poses whenever ``c2w`` may differ from them: those of
+    ``cameras_gt.npz`` when present, else the stored ones when ``pose_init`` replaced them; it stays None when ``c2w``
+    are the true poses already. Normal maps stored in camera space are turned into world space with the stored
+    poses whatever ``pose_init`` is.
 
     Raises :class:`PMNIDataError` (one line: ``"<path>: <problem>"``) on any bad input.
     """
@@ -233,6 +243,13 @@ def load_diligent_mv(
     if (data_dir / GT_CAMERAS_FILE).is_file():
         gt_path = data_dir / GT_CAMERAS_FILE
         gt_c2w = _read_cameras(gt_path, io.read_npz(gt_path), view_ids, scale_mat=scale_mat)[1]
+    pose_init = pose_init if pose_init is not None else poses.PoseInitConfig()
+    # Chosen before any image is read, so that a bad pose option or poses file fails fast.
+    init_c2w = poses.initial_poses(pose_init, c2w, gt_c2w if gt_c2w is not None else c2w, view_ids, normalisation)
+    if pose_init.pose_init != "gt" and gt_c2w is None:
+        # A clean dataset's stored poses are the truth that noisy / ring / file runs are scored against.
+        gt_c2w = c2w
+    c2w = init_c2w
 
     normals_list, masks_list = [], []
     shape: Optional[Tuple[int, int]] = None

@@ -22,6 +22,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from pmni_method import cameras
 from pmni_method.data.diligent_mv import find_normal_maps, load_diligent_mv, split_indices
 from pmni_method.data.types import MultiViewNormalData, PMNIDataError
+from pmni_method.poses import PoseInit, PoseInitConfig, PoseNoiseDistribution
 
 
 @dataclass
@@ -42,6 +43,44 @@ class DiligentMVDataParserConfig(DataParserConfig):
     """View indices held out of training for evaluation (val/test use all views when empty)."""
     load_depth: bool = True
     """Load integration/perspective/*.npy depth maps when the dataset has them."""
+    pose_init: PoseInit = PoseInitConfig.pose_init
+    """Start poses of all views: gt = cameras_sphere.npz as is; noisy = true + noise; ring = turntable; file."""
+    pose_noise_rotation_deg: float = PoseInitConfig.pose_noise_rotation_deg
+    """noisy: rotation noise in degrees, |N(0, s)| about a random axis through the camera centre (s if fixed)."""
+    pose_noise_translation: float = PoseInitConfig.pose_noise_translation
+    """noisy: camera-centre noise as a fraction of the mean camera distance (per-axis std; exact length if fixed)."""
+    pose_noise_seed: int = PoseInitConfig.pose_noise_seed
+    """noisy: seed of the pose noise."""
+    pose_noise_distribution: PoseNoiseDistribution = PoseInitConfig.pose_noise_distribution
+    """noisy: half-normal = random angle and Gaussian offset; fixed = exactly the given angle and offset per view."""
+    ring_radius: Optional[float] = PoseInitConfig.ring_radius
+    """ring: camera distance from the origin in normalised units; None = mean camera distance of cameras_sphere.npz."""
+    ring_elevation_deg: Tuple[float, float] = PoseInitConfig.ring_elevation_deg
+    """ring: elevation in degrees as (min, max), spread linearly over the views in view-id order."""
+    ring_up: Tuple[float, float, float] = PoseInitConfig.ring_up
+    """ring: turntable axis and image-up direction in the normalised frame (pmni-synth datasets: +y)."""
+    ring_start_azimuth_deg: float = PoseInitConfig.ring_start_azimuth_deg
+    """ring: azimuth of the lowest view id in degrees (0 = on +z when up is +y, as in pmni-synth)."""
+    ring_reverse: bool = PoseInitConfig.ring_reverse
+    """ring: go round the turntable the other way (left-handed about ring-up)."""
+    poses_file: Optional[Path] = PoseInitConfig.poses_file
+    """file: poses in world units, OpenCV axes: .npz (world_mat_<i>), .npy/.txt (N,4,4)/(N,3,4), .json [{view, c2w}]."""
+
+    def pose_init_config(self) -> PoseInitConfig:
+        """The pose options as the nerfstudio-free :class:`PoseInitConfig` the loader takes."""
+        return PoseInitConfig(
+            pose_init=self.pose_init,
+            pose_noise_rotation_deg=self.pose_noise_rotation_deg,
+            pose_noise_translation=self.pose_noise_translation,
+            pose_noise_seed=self.pose_noise_seed,
+            pose_noise_distribution=self.pose_noise_distribution,
+            ring_radius=self.ring_radius,
+            ring_elevation_deg=tuple(self.ring_elevation_deg),  # type: ignore[arg-type]
+            ring_up=tuple(self.ring_up),  # type: ignore[arg-type]
+            ring_start_azimuth_deg=self.ring_start_azimuth_deg,
+            ring_reverse=self.ring_reverse,
+            poses_file=self.poses_file,
+        )
 
 
 class DiligentMVDataParser(DataParser):
@@ -63,6 +102,7 @@ class DiligentMVDataParser(DataParser):
                 normal_space=self.config.normal_space,
                 downscale_factor=self.config.downscale_factor,
                 load_depth=self.config.load_depth,
+                pose_init=self.config.pose_init_config(),
             )
         return self._data
 
