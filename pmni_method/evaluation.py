@@ -25,7 +25,7 @@ import numpy as np
 import trimesh
 from scipy.spatial import cKDTree
 
-from pmni_method.cameras import Normalisation, pixel_rays
+from pmni_method.cameras import pixel_rays
 from pmni_method.data.diligent_mv import load_diligent_mv
 from pmni_method.data.types import PMNIDataError
 from pmni_method.poses import similarity_matrix, umeyama
