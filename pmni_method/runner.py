@@ -79,10 +79,10 @@ def train(
     benchmark can evaluate at fixed training-time marks.
     """
     config.set_timestamp()
+    config.save_config()  # as ns-train does, before the trainer exists
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
-    config_path = config.get_base_dir() / "config.yml"
-    config.save_config()
+    config_path = config.get_base_dir() / "config.yml"  # --resume may have moved the run to an earlier folder
     state = {"paused": 0.0, "start": time.perf_counter(), "next": every_seconds}
     results: List[Any] = []
 

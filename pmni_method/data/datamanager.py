@@ -10,6 +10,7 @@ from typing import Dict, Iterator, List, Literal, Tuple, Type, Union
 import torch
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.configs.dataparser_configs import AnnotatedDataParserUnion
 from nerfstudio.data.datamanagers.base_datamanager import DataManager, DataManagerConfig
 from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
 from nerfstudio.data.datasets.base_dataset import InputDataset
@@ -31,6 +32,8 @@ class PMNIDataset(InputDataset):
     exclude_batch_keys_from_device: List[str] = []
 
     def __init__(self, dataparser_outputs: DataparserOutputs, scale_factor: float = 1.0):
+        if "pmni_data" not in dataparser_outputs.metadata:
+            raise SystemExit("pmni needs the diligent-mv-data dataparser (ns-train pmni ... diligent-mv-data --data DIR)")
         # InputDataset deep-copies metadata; the pixel arrays are large and read-only, so share them instead.
         data = dataparser_outputs.metadata.pop("pmni_data")
         try:
@@ -78,7 +81,8 @@ class PMNIDataManagerConfig(DataManagerConfig):
 
     _target: Type = field(default_factory=lambda: PMNIDataManager)
     """Target class to instantiate."""
-    dataparser: DiligentMVDataParserConfig = field(default_factory=DiligentMVDataParserConfig)
+    # nerfstudio's dataparser union makes `diligent-mv-data` a subcommand of ns-train, as users expect.
+    dataparser: AnnotatedDataParserUnion = field(default_factory=DiligentMVDataParserConfig)
     """Reads the DiLiGenT-MV layout."""
     train_num_rays_per_batch: int = 1024
     """Rays per training step."""

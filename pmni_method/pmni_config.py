@@ -1,0 +1,63 @@
+"""The ``pmni`` and ``pmni-fast`` methods (entry point ``nerfstudio.method_configs``).
+
+Both are real presets (values in :mod:`pmni_method.models.presets`): ``pmni`` is PMNI/SuperNormal's full
+configuration, ``pmni-fast`` the CPU-friendly one. The device defaults to CPU when no GPU is present.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+from nerfstudio.configs.base_config import ViewerConfig
+from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
+from nerfstudio.plugins.types import MethodSpecification
+
+from pmni_method.compat import allow_numpy_scalars_in_checkpoints, default_device_type
+from pmni_method.data.datamanager import PMNIDataManagerConfig
+from pmni_method.dataparsers.diligent_mv_dataparser import DiligentMVDataParserConfig
+from pmni_method.models import presets
+from pmni_method.trainer import PMNITrainerConfig
+
+# ns-viewer and ns-export load checkpoints after importing this module.
+allow_numpy_scalars_in_checkpoints()
+
+DESCRIPTIONS = {
+    "pmni": "PMNI: SDF + NeuS normal integration from multi-view normal maps (full quality, GPU-sized).",
+    "pmni-fast": "PMNI, CPU-friendly preset: fewer rays, iterations and hash levels.",
+}
+
+
+def trainer_config(name: str) -> PMNITrainerConfig:
+    """The full nerfstudio training configuration of one preset."""
+    settings = presets.run_settings(name)
+    iterations = settings["max_num_iterations"]
+    config = PMNITrainerConfig(
+        method_name=name,
+        max_num_iterations=iterations,
+        steps_per_save=max(iterations // 10, 100),
+        steps_per_eval_batch=max(iterations // 20, 50),
+        steps_per_eval_image=max(iterations // 5, 200),
+        steps_per_eval_all_images=10**9,
+        save_only_latest_checkpoint=True,
+        mixed_precision=False,
+        pipeline=VanillaPipelineConfig(
+            datamanager=PMNIDataManagerConfig(
+                dataparser=DiligentMVDataParserConfig(),
+                train_num_rays_per_batch=settings["train_num_rays_per_batch"],
+                eval_num_rays_per_batch=settings["train_num_rays_per_batch"],
+            ),
+            model=presets.model_config(name),
+        ),
+        optimizers=presets.optimizers(name),
+        viewer=ViewerConfig(num_rays_per_chunk=settings["eval_num_rays_per_chunk"], websocket_host="127.0.0.1"),
+        vis="viewer",
+    )
+    config.machine.device_type = default_device_type()
+    return config
+
+
+METHODS: Dict[str, MethodSpecification] = {
+    name: MethodSpecification(config=trainer_config(name), description=DESCRIPTIONS[name]) for name in DESCRIPTIONS
+}
+pmni_method = METHODS["pmni"]
+pmni_fast_method = METHODS["pmni-fast"]
