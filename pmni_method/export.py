@@ -7,8 +7,6 @@ where the SDF is evaluated, so that the CLI can reject bad arguments without pay
 from __future__ import annotations
 
 import itertools
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Tuple
 
@@ -16,6 +14,7 @@ import mcubes
 import numpy as np
 import trimesh
 
+from pmni_method.atomic import atomic_write
 from pmni_method.cameras import Normalisation
 
 if TYPE_CHECKING:
@@ -153,18 +152,6 @@ def write_mesh_atomic(mesh: trimesh.Trimesh, output: Path | str) -> Path:
     suffix = output.suffix.lower()
     if suffix not in EXPORT_FORMATS:
         raise ValueError(f"{output}: unsupported mesh format {suffix or '(none)'}; use one of {', '.join(EXPORT_FORMATS)}")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            mesh.export(f, file_type=suffix[1:])
-        # mkstemp makes the file owner-only; give it the permissions a plain open() would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, output)
-    except BaseException:
-        # BaseException too: Ctrl-C during a large write must not leave the temporary file behind.
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(output) as f:
+        mesh.export(f, file_type=suffix[1:])
     return output

@@ -12,6 +12,7 @@ import tyro
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from pmni_method.atomic import atomic_write
 from pmni_method.data.types import PMNIDataError
 
 CONSOLE = Console()
@@ -107,7 +108,8 @@ def run(config: DemoConfig) -> dict:
     metrics["train_seconds"] = run_.train_seconds
     metrics["train_iterations"] = steps
     metrics["run_config"] = str(run_.config_path)
-    (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    with atomic_write(output / "metrics.json", "w") as f:
+        json.dump(metrics, f, indent=2)
     print_metrics(metrics, console=CONSOLE)
     CONSOLE.print(f"mesh:     {mesh_path}")
     CONSOLE.print(f"metrics:  {output / 'metrics.json'}")

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional, Tuple
@@ -13,6 +11,7 @@ from typing import Literal, Optional, Tuple
 import numpy as np
 import tyro
 
+from pmni_method.atomic import atomic_write
 from pmni_method.data.types import PMNIDataError
 
 EXIT_BAD_INPUT = 2
@@ -60,19 +59,8 @@ def _load_alignment(path: Path) -> np.ndarray:
 def write_json_atomic(obj: dict, output: Path) -> None:
     """Serialise first, then write a temporary file and rename: a failure never leaves a half-written JSON."""
     text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
+    with atomic_write(output, "w") as f:
+        f.write(text)
 
 def main(config: EvalConfig) -> int:
     """Run the evaluation; return the process exit code (0, or 2 for bad input after printing one line)."""
