@@ -1,0 +1,118 @@
+"""NeuS opacity and per-ray compositing of packed samples (nerfstudio-free).
+
+Samples are "packed": one flat list sorted by ray and then by distance, with ``ray_indices`` telling which ray
+each belongs to (nerfacc's layout). Compositing runs in pure torch on CPU (a segmented cumulative product through
+a cumulative sum of log-transmittance) and through nerfacc on CUDA.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Tuple
+
+import torch
+from torch import Tensor
+
+Backend = Literal["auto", "torch", "nerfacc"]
+
+
+def neus_alpha(
+    sdf: Tensor,
+    gradients: Tensor,
+    directions: Tensor,
+    dists: Tensor,
+    inv_s: Tensor,
+    cos_anneal_ratio: float = 1.0,
+) -> Tensor:
+    """NeuS discrete opacity of each section from the SDF at its midpoint ("estimated SDF at section ends").
+
+    Args:
+        sdf: [S] SDF at the section midpoints.
+        gradients: [S, 3] SDF gradients there.
+        directions: [S, 3] unit ray directions.
+        dists: [S] section lengths.
+        inv_s: scalar sharpness s (the logistic density's inverse standard deviation scale).
+        cos_anneal_ratio: 0 starts NeuS's annealing (soft cosine, opacity on both sides), 1 is the exact form.
+    Returns:
+        [S] opacities in [0, 1].
+    """
+    true_cos = (directions * gradients).sum(-1)
+    return neus_alpha_from_cos(sdf, true_cos, dists, inv_s, cos_anneal_ratio)
+
+
+def neus_alpha_from_cos(
+    sdf: Tensor, true_cos: Tensor, dists: Tensor, inv_s: Tensor | float, cos_anneal_ratio: float = 1.0
+) -> Tensor:
+    """:func:`neus_alpha` given the directional derivative ``cos = <d, grad sdf>`` [S] instead of the gradient."""
+    # Annealed cosine: early on also lets back-facing sections contribute, which helps escape bad minima.
+    iter_cos = -(
+        torch.relu(-true_cos * 0.5 + 0.5) * (1.0 - cos_anneal_ratio) + torch.relu(-true_cos) * cos_anneal_ratio
+    )
+    prev_sdf = sdf - iter_cos * dists * 0.5
+    next_sdf = sdf + iter_cos * dists * 0.5
+    prev_cdf = torch.sigmoid(prev_sdf * inv_s)
+    next_cdf = torch.sigmoid(next_sdf * inv_s)
+    p = prev_cdf - next_cdf
+    c = prev_cdf
+    return ((p + 1e-5) / (c + 1e-5)).clamp(0.0, 1.0)
+
+
+def _use_nerfacc(alpha: Tensor, backend: Backend) -> bool:
+    if backend == "torch":
+        return False
+    if backend == "nerfacc":
+        return True
+    return alpha.is_cuda
+
+
+def segment_starts(ray_indices: Tensor, n_rays: int) -> Tuple[Tensor, Tensor]:
+    """First packed position and sample count of every ray ([n_rays] each)."""
+    counts = torch.bincount(ray_indices, minlength=n_rays)
+    starts = torch.cumsum(counts, 0) - counts
+    return starts, counts
+
+
+def render_weights(
+    alpha: Tensor, ray_indices: Tensor, n_rays: int, backend: Backend = "auto"
+) -> Tuple[Tensor, Tensor]:
+    """Volume-rendering weights ``w_i = alpha_i * T_i`` and transmittances ``T_i = prod_{j<i} (1 - alpha_j)``.
+
+    Both [S]. Per ray, ``sum w = 1 - prod (1 - alpha) <= 1``.
+    """
+    if alpha.numel() == 0:
+        return alpha.clone(), alpha.clone()
+    if _use_nerfacc(alpha, backend):
+        from nerfacc import render_weight_from_alpha  # pylint: disable=import-outside-toplevel
+
+        weights, trans = render_weight_from_alpha(alpha, ray_indices=ray_indices, n_rays=n_rays)
+        return weights, trans
+    # log(1 - alpha), clamped so that an opaque section gives a finite (very negative) value.
+    log_t = torch.log((1.0 - alpha).clamp(min=1e-10))
+    # Accumulate in float64: a global cumulative sum over many rays would otherwise lose the small per-ray terms.
+    inclusive = torch.cumsum(log_t.double(), 0)
+    exclusive = inclusive - log_t.double()
+    starts, _ = segment_starts(ray_indices, n_rays)
+    # Subtract each ray's running sum at its first sample: the exclusive sum restarts at zero per ray.
+    offset = exclusive[starts[ray_indices]]
+    trans = torch.exp(exclusive - offset).to(alpha.dtype)
+    return alpha * trans, trans
+
+
+def accumulate(values: Tensor, weights: Tensor, ray_indices: Tensor, n_rays: int) -> Tensor:
+    """Per-ray weighted sums ``sum_i w_i v_i``: values [S, C] (or [S]) -> [n_rays, C]."""
+    if values.dim() == 1:
+        values = values[:, None]
+    out = values.new_zeros(n_rays, values.shape[-1])
+    if weights.numel() == 0:
+        return out
+    return out.index_add(0, ray_indices, weights[:, None] * values)
+
+
+def dense_reference_weights(alpha: Tensor, ray_indices: Tensor, n_rays: int) -> Tensor:
+    """Straightforward padded ``cumprod`` version of :func:`render_weights` (for tests)."""
+    starts, counts = segment_starts(ray_indices, n_rays)
+    width = int(counts.max().item()) if counts.numel() else 0
+    pos = torch.arange(alpha.shape[0], device=alpha.device) - starts[ray_indices]
+    padded = alpha.new_zeros(n_rays, max(width, 1))
+    padded[ray_indices, pos] = alpha
+    trans = torch.cumprod(torch.cat([torch.ones_like(padded[:, :1]), 1.0 - padded[:, :-1]], dim=1), dim=1)
+    return (padded * trans)[ray_indices, pos]
