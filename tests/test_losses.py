@@ -52,7 +52,7 @@ def test_depth_loss_guarded_without_valid_pixels(case: str) -> None:
     elif case == "no_depth":
         target = torch.zeros(n, 1)
     loss, _ = L.depth_loss(z, target, fg, torch.arange(n), min_pixels=2 if case == "too_few" else 1)
-    assert torch.isfinite(loss) and float(loss) == 0.0
+    assert torch.isfinite(loss) and float(loss.detach()) == 0.0
     loss.backward()
     assert torch.isfinite(z.grad).all()
 

@@ -1,0 +1,283 @@
+"""Per-camera SE(3) pose refinement (pypose), left-applied in the normalised frame, shown to nerfstudio as a
+``CameraOptimizer``.
+
+Every training camera ``i`` has a correction ``xi_i`` in se(3) (a pypose ``LieTensor``, translation first) and its
+current camera-to-world is::
+
+    c2w_i = Exp(xi_i) @ A_i @ c2w_init_i            (OpenCV axes, normalised frame)
+
+``c2w_init_i`` are the poses the training rays were built from (``MultiViewNormalData.c2w``) and ``A_i`` a fixed
+pre-alignment (identity unless ``recentre_on_masks``). ``L_i = Exp(xi_i) @ A_i`` is applied on the left, i.e. in
+world axes: a ray ``(o, d)`` of camera ``i`` becomes ``(R_L o + t_L, R_L d)`` and a world normal that was rotated
+into the world with the initial pose becomes ``R_L n``. Left-applied corrections turn about the object (the origin
+of the normalised frame), the natural motion of a turntable or orbit error.
+
+The gauge (one global rigid motion of all cameras and the surface leaves every image unchanged) is fixed by
+freezing one camera: its ``xi`` never enters the graph and its correction is exactly ``A_i``. A global scale about
+the frozen camera remains unobservable from normals and masks; only the unit-sphere bound of the scene and the
+initialisation hold it, which is why pose metrics align by a similarity.
+
+nerfstudio's viewer moves training frustums by ``c2w_orig @ delta`` with ``delta = camera_optimizer(idxs)`` (a
+right-applied delta in nerfstudio's OpenGL axes), so :meth:`PoseRefiner.forward` returns exactly that delta,
+``C^-1 L C`` with ``C`` the nerfstudio camera-to-world of the initial pose.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Tuple, Type, Union
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from nerfstudio.cameras.camera_optimizers import CameraOptimizer, CameraOptimizerConfig
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.cameras.rays import RayBundle
+from torch import Tensor
+
+from pmni_method.cameras import CV_TO_GL
+
+with warnings.catch_warnings():
+    # pypose's import uses torch.jit.script, which current torch flags as deprecated on every import.
+    warnings.simplefilter("ignore", FutureWarning)
+    import pypose as pp
+
+
+@dataclass
+class PoseRefinerConfig(CameraOptimizerConfig):
+    """Left-applied per-camera SE(3) corrections (pypose) with one camera frozen to fix the gauge."""
+
+    _target: Type = field(default_factory=lambda: PoseRefiner)
+    """Target class to instantiate."""
+    mode: Literal["off", "SE3"] = "off"
+    """off: poses stay as loaded; SE3: one left-applied se(3) correction per training camera (param group camera_opt)."""
+    trans_l2_penalty: float = 0.0
+    """Weight of the mean norm of the corrections' translation parts (0: a pose-free run must be free to move far)."""
+    rot_l2_penalty: float = 0.0
+    """Weight of the mean norm of the corrections' rotation parts (radians)."""
+    frozen_camera: int = 0
+    """Training-camera index whose correction stays exactly the identity (fixes the gauge); negative counts from the end."""
+    recentre_on_masks: bool = False
+    """Before training, turn each camera about its own centre so that its mask centroid looks at the origin (the
+    object centre of the normalised frame). Pose-free starts can be off by more than the object's angular size, so
+    that foreground rays miss the scene sphere and give no gradient; this brings every view onto the object."""
+
+
+def se3_matrices(xi: Tensor) -> Tensor:
+    """4x4 matrices (..., 4, 4) of se(3) vectors (..., 6) ``[tau, phi]`` (pypose order: translation first)."""
+    return pp.se3(xi).Exp().matrix()
+
+
+def rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The smallest rotation (3x3) taking unit vector ``a`` to unit vector ``b`` (about ``a x b``)."""
+    a = np.asarray(a, dtype=np.float64) / np.linalg.norm(a)
+    b = np.asarray(b, dtype=np.float64) / np.linalg.norm(b)
+    axis = np.cross(a, b)
+    s, c = np.linalg.norm(axis), float(a @ b)
+    if s < 1e-12:
+        if c > 0:
+            return np.eye(3)
+        # Opposite vectors: any axis perpendicular to a works.
+        perp = np.cross(a, [1.0, 0.0, 0.0] if abs(a[0]) < 0.9 else [0.0, 1.0, 0.0])
+        perp /= np.linalg.norm(perp)
+        return 2.0 * np.outer(perp, perp) - np.eye(3)
+    k = axis / s
+    skew = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
+    return np.eye(3) + s * skew + (1.0 - c) * skew @ skew
+
+
+def recentre_on_masks(c2w: np.ndarray, K: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Left transforms (N, 4, 4) that turn each OpenCV camera about its own centre so that the ray through its mask
+    centroid passes through the origin. The centre stays put: ``A = [R_a | c - R_a c]``."""
+    c2w = np.asarray(c2w, dtype=np.float64)
+    out = np.tile(np.eye(4), (len(c2w), 1, 1))
+    for i in range(len(c2w)):
+        rows, cols = np.nonzero(np.asarray(masks[i]))
+        if len(rows) == 0:
+            continue
+        pixel = np.array([cols.mean(), rows.mean(), 1.0])
+        ray = c2w[i, :3, :3] @ np.linalg.solve(np.asarray(K[i], dtype=np.float64), pixel)
+        centre = c2w[i, :3, 3]
+        if np.linalg.norm(centre) < 1e-9:
+            continue  # a camera at the origin looks at it from everywhere
+        R = rotation_between(ray, -centre)
+        out[i, :3, :3] = R
+        out[i, :3, 3] = centre - R @ centre
+    return out
+
+
+class PoseRefiner(CameraOptimizer):
+    """Per-training-camera left SE(3) corrections as pypose parameters, behind nerfstudio's CameraOptimizer API."""
+
+    config: PoseRefinerConfig
+
+    def __init__(
+        self,
+        config: PoseRefinerConfig,
+        num_cameras: int,
+        device: Union[torch.device, str],
+        c2w_init: Optional[Union[np.ndarray, Tensor]] = None,
+        K: Optional[np.ndarray] = None,
+        masks: Optional[np.ndarray] = None,
+        non_trainable_camera_indices: Optional[Int[Tensor, "num_non_trainable_cameras"]] = None,
+        **kwargs,
+    ) -> None:
+        if config.mode not in ("off", "SE3"):
+            raise ValueError(f"camera_optimizer.mode must be 'off' or 'SE3' for pmni, not {config.mode!r}")
+        # The parent would create its own (N, 6) pose_adjustment for "SE3"; ours are the pypose corrections below.
+        super().__init__(dataclasses.replace(config, mode="off"), num_cameras, device, non_trainable_camera_indices)
+        self.config = config
+        if not self.enabled:
+            return
+        if c2w_init is None:
+            raise ValueError("pose refinement needs the initial camera-to-worlds of the training cameras (c2w_init)")
+        c2w = torch.as_tensor(np.asarray(c2w_init, dtype=np.float64), dtype=torch.float32)
+        if c2w.shape != (num_cameras, 4, 4):
+            raise ValueError(f"c2w_init has shape {tuple(c2w.shape)}, expected ({num_cameras}, 4, 4)")
+        frozen = config.frozen_camera + num_cameras if config.frozen_camera < 0 else config.frozen_camera
+        if not 0 <= frozen < num_cameras:
+            raise ValueError(f"frozen_camera {config.frozen_camera} is not a training camera (0..{num_cameras - 1})")
+        self.frozen_index = frozen
+        # Built from the data on every start (as the training rays are), so it is not saved with the checkpoint.
+        self.register_buffer("c2w_init", c2w, persistent=False)
+        start = np.tile(np.eye(4), (num_cameras, 1, 1))
+        if config.recentre_on_masks:
+            if K is None or masks is None:
+                raise ValueError("recentre_on_masks needs the intrinsics and masks of the training views")
+            start = recentre_on_masks(c2w.double().numpy(), K, masks)
+        # Saved: a checkpoint alone then fixes the refined poses, whatever masks a later run would recentre on.
+        self.register_buffer("start", torch.as_tensor(start, dtype=torch.float32))
+        free = torch.ones(num_cameras, 1)
+        free[frozen] = 0.0
+        if non_trainable_camera_indices is not None:
+            free[non_trainable_camera_indices.long().cpu()] = 0.0
+        self.register_buffer("free", free, persistent=False)
+        self.xi = pp.Parameter(pp.identity_se3(num_cameras))
+        self.trainable = True
+
+    # ------------------------------------------------------------------ state
+    @property
+    def enabled(self) -> bool:
+        return self.config.mode != "off"
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        # A LieTensor in a checkpoint cannot be read back by torch.load(weights_only=True) (torch >= 2.6 default):
+        # store the plain se(3) vector; loading copies it back into the pypose parameter.
+        key = prefix + "xi"
+        if key in destination:
+            value = destination[key]
+            destination[key] = value.as_subclass(torch.Tensor) if keep_vars else value.detach().as_subclass(torch.Tensor)
+
+    def set_trainable(self, trainable: bool) -> None:
+        """While False, corrections are applied but receive no gradient (Adam then leaves them and its state alone)."""
+        self.trainable = bool(trainable)
+
+    # ------------------------------------------------------------------ transforms
+    def left_transforms(self, indices: Optional[Tensor] = None) -> Float[Tensor, "n 4 4"]:
+        """Current left corrections ``L = Exp(xi) @ A`` of the given training cameras (all by default)."""
+        if not self.enabled:
+            n = self.num_cameras if indices is None else int(indices.reshape(-1).shape[0])
+            return torch.eye(4).expand(n, 4, 4)
+        xi = self.xi.as_subclass(torch.Tensor)
+        if indices is not None:
+            indices = indices.reshape(-1).long().to(xi.device)
+        xi = xi if indices is None else xi[indices]
+        free = self.free if indices is None else self.free[indices]
+        start = self.start if indices is None else self.start[indices]
+        if not (self.trainable and torch.is_grad_enabled()):
+            xi = xi.detach()
+        # Multiplying by 0 cuts the frozen camera out of the graph; where() keeps its transform bit-exact.
+        L = se3_matrices(xi * free) @ start
+        return torch.where(free[..., None] > 0, L, start)
+
+    def current_c2w(self, indices: Optional[Tensor] = None) -> Float[Tensor, "n 4 4"]:
+        """Current OpenCV camera-to-worlds (normalised frame) of the given training cameras, differentiable."""
+        c2w = self.c2w_init if indices is None else self.c2w_init[indices.reshape(-1).long().to(self.c2w_init.device)]
+        return self.left_transforms(indices) @ c2w
+
+    @torch.no_grad()
+    def refined_c2w(self) -> np.ndarray:
+        """(N, 4, 4) float64 OpenCV camera-to-worlds of all training cameras as currently refined."""
+        return self.current_c2w().double().cpu().numpy()
+
+    def correct_rays(
+        self, origins: Tensor, directions: Tensor, camera_indices: Tensor
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Move rays [N, 3] of training cameras to the current poses; also return each ray's rotation [N, 3, 3]."""
+        L = self.left_transforms(camera_indices).to(origins)
+        R, t = L[:, :3, :3], L[:, :3, 3]
+        origins = torch.einsum("nij,nj->ni", R, origins) + t
+        directions = torch.einsum("nij,nj->ni", R, directions)
+        return origins, directions, R
+
+    # ------------------------------------------------------------------ nerfstudio API
+    def forward(self, indices: Int[Tensor, "camera_indices"]) -> Float[Tensor, "camera_indices 3 4"]:
+        """Right-applied deltas in nerfstudio axes: ``c2w_ns_current = c2w_ns_init @ delta`` (what the viewer uses)."""
+        indices = indices.reshape(-1).long()
+        if not self.enabled:
+            return torch.eye(4, device=indices.device)[None, :3, :4].tile(indices.shape[0], 1, 1)
+        L = self.left_transforms(indices).double()
+        flip = torch.as_tensor(CV_TO_GL, dtype=torch.float64, device=L.device)
+        C = self.c2w_init[indices.to(self.c2w_init.device)].double().clone()
+        C[:, :3, :3] = C[:, :3, :3] @ flip
+        R, c = C[:, :3, :3], C[:, :3, 3:]
+        C_inv = torch.cat([torch.cat([R.transpose(1, 2), -R.transpose(1, 2) @ c], dim=-1), C[:, 3:, :]], dim=1)
+        delta = C_inv @ L @ C
+        return delta[:, :3, :4].to(self.xi.dtype)
+
+    def apply_to_raybundle(self, raybundle: RayBundle) -> None:
+        """Move a training ray bundle to the current poses (its ``camera_indices`` index the training cameras)."""
+        if not self.enabled:
+            return
+        shape = raybundle.origins.shape
+        origins, directions, _ = self.correct_rays(
+            raybundle.origins.reshape(-1, 3),
+            raybundle.directions.reshape(-1, 3),
+            raybundle.camera_indices.reshape(-1),
+        )
+        raybundle.origins = origins.reshape(shape)
+        raybundle.directions = directions.reshape(shape)
+
+    def apply_to_camera(self, camera: Cameras) -> Tensor:
+        """Corrected nerfstudio camera-to-world (1, 3, 4) of a training camera (``metadata["cam_idx"]``)."""
+        if not self.enabled or camera.metadata is None or "cam_idx" not in camera.metadata:
+            return camera.camera_to_worlds
+        L = self.left_transforms(torch.tensor([int(camera.metadata["cam_idx"])])).to(camera.camera_to_worlds)
+        # The OpenCV -> OpenGL axis flip acts on the right, so a left correction applies to nerfstudio's c2w as is.
+        c2w = camera.camera_to_worlds.reshape(-1, 3, 4)
+        return torch.cat([L[:, :3, :3] @ c2w[:, :, :3], L[:, :3, :3] @ c2w[:, :, 3:] + L[:, :3, 3:]], dim=-1)
+
+    def get_loss_dict(self, loss_dict: dict) -> None:
+        """Optional L2 penalties on the corrections (off by default)."""
+        if not self.enabled or (self.config.trans_l2_penalty <= 0 and self.config.rot_l2_penalty <= 0):
+            return
+        xi = self.xi.as_subclass(torch.Tensor)
+        loss_dict["camera_opt_regularizer"] = (
+            xi[:, :3].norm(dim=-1).mean() * self.config.trans_l2_penalty
+            + xi[:, 3:].norm(dim=-1).mean() * self.config.rot_l2_penalty
+        )
+
+    @torch.no_grad()
+    def get_metrics_dict(self, metrics_dict: dict) -> None:
+        """How far the cameras have moved from where they started: rotation (degrees) and centre displacement."""
+        if not self.enabled:
+            return
+        L = self.left_transforms()
+        R = L[:, :3, :3]
+        cos = ((R.diagonal(dim1=-2, dim2=-1).sum(-1) - 1.0) / 2.0).clamp(-1.0, 1.0)
+        angle = torch.rad2deg(torch.acos(cos))
+        centres = self.c2w_init[:, :3, 3]
+        moved = (torch.einsum("nij,nj->ni", R, centres) + L[:, :3, 3] - centres).norm(dim=-1)
+        metrics_dict["camera_opt_rotation_mean"] = angle.mean()
+        metrics_dict["camera_opt_rotation_max"] = angle.max()
+        metrics_dict["camera_opt_translation_mean"] = moved.mean()
+        metrics_dict["camera_opt_translation_max"] = moved.max()
+
+    def get_param_groups(self, param_groups: dict) -> None:
+        """``camera_opt``: the se(3) corrections (nothing when off)."""
+        if self.enabled:
+            param_groups["camera_opt"] = [self.xi]
+
