@@ -2,20 +2,25 @@
 
 Both are real presets (values in :mod:`pmni_method.models.presets`): ``pmni`` is PMNI/SuperNormal's full
 configuration, ``pmni-fast`` the CPU-friendly one. The device defaults to CPU when no GPU is present.
+
+Mixed precision stays off by default. ``--mixed-precision True`` runs the forward pass under CUDA autocast with
+nerfstudio's GradScaler (steps whose scaled gradients overflow are skipped by the scaler and the scale lowered;
+the non-finite guard then only checks the loss terms). On CPU it is ignored: the trainer turns autocast and the
+scaler off. It has not been validated on CUDA for the SDF's double backward in half precision.
 """
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Any, Dict, Optional
 
 from nerfstudio.configs.base_config import ViewerConfig
-from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
 from pmni_method.compat import allow_numpy_scalars_in_checkpoints, default_device_type
 from pmni_method.data.datamanager import PMNIDataManagerConfig
 from pmni_method.dataparsers.diligent_mv_dataparser import DiligentMVDataParserConfig
 from pmni_method.models import presets
+from pmni_method.pipeline import PMNIPipelineConfig
 from pmni_method.trainer import PMNITrainerConfig
 
 # ns-viewer and ns-export load checkpoints after importing this module.
@@ -25,6 +30,27 @@ DESCRIPTIONS = {
     "pmni": "PMNI: SDF + NeuS normal integration from multi-view normal maps (full quality, GPU-sized).",
     "pmni-fast": "PMNI, CPU-friendly preset: fewer rays, iterations and hash levels.",
 }
+
+
+# Gradient-norm ceilings per parameter group, about 3x the largest norm seen in healthy pmni-fast runs (bunny and
+# sphere, 256-512 rays, camera refinement on and off). Adam's second moment remembers a spike for ~1000 steps, so
+# one exploding batch (a grazing ray, a pose jump) would freeze a group for that long; ordinary steps never clip.
+# Losses are per-ray means, so these norms do not grow with the batch size. Measured largest norms: hash_grid 1.6,
+# sdf_mlp 62 (first steps, geometric init), variance 17 (when the sharpness is not held at its bounds), camera_opt 89.
+MAX_GRAD_NORMS: Dict[str, Optional[float]] = {
+    "hash_grid": 5.0,
+    "sdf_mlp": 200.0,
+    "variance": 50.0,
+    "camera_opt": 250.0,
+}
+
+
+def optimizers_with_clipping(name: str) -> Dict[str, Dict[str, Any]]:
+    """The preset's per-group optimisers, with :data:`MAX_GRAD_NORMS` as nerfstudio's ``max_norm``."""
+    groups = presets.optimizers(name)
+    for group, settings in groups.items():
+        settings["optimizer"].max_norm = MAX_GRAD_NORMS.get(group)
+    return groups
 
 
 def trainer_config(name: str) -> PMNITrainerConfig:
@@ -40,7 +66,7 @@ def trainer_config(name: str) -> PMNITrainerConfig:
         steps_per_eval_all_images=10**9,
         save_only_latest_checkpoint=True,
         mixed_precision=False,
-        pipeline=VanillaPipelineConfig(
+        pipeline=PMNIPipelineConfig(
             datamanager=PMNIDataManagerConfig(
                 dataparser=DiligentMVDataParserConfig(),
                 train_num_rays_per_batch=settings["train_num_rays_per_batch"],
@@ -48,8 +74,17 @@ def trainer_config(name: str) -> PMNITrainerConfig:
             ),
             model=presets.model_config(name),
         ),
-        optimizers=presets.optimizers(name),
-        viewer=ViewerConfig(num_rays_per_chunk=settings["eval_num_rays_per_chunk"], websocket_host="127.0.0.1"),
+        optimizers=optimizers_with_clipping(name),
+        viewer=ViewerConfig(
+            num_rays_per_chunk=settings["eval_num_rays_per_chunk"],
+            websocket_host="127.0.0.1",
+            # DiLiGenT-MV cameras stand ~15 object radii away (weak perspective): nerfstudio's default 0.1 draws them
+            # as invisible specks. 5 viser units = half the unit sphere the object lives in.
+            camera_frustum_scale=5.0,
+            # The model's depth is 0 where a ray misses the object; composited, that background sits on the camera
+            # plane and hides every training-camera frustum. Off until misses get a far depth.
+            default_composite_depth=False,
+        ),
         vis="viewer",
     )
     config.machine.device_type = default_device_type()
