@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
@@ -14,6 +15,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from pmni_method.atomic import atomic_write
 from pmni_method.data.types import PMNIDataError
+
+# nerfstudio 1.1.5 on torch 2.14 warns about its own deprecated calls at every step; they drown the demo's output.
+for _module in ("nerfstudio", "torch", "tyro"):
+    warnings.filterwarnings("ignore", category=UserWarning, module=_module)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=_module)
+warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.script.*")
 
 CONSOLE = Console()
 SHARED_MESHES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "meshes"
