@@ -11,11 +11,16 @@ normal at the first hit (flipped to face the camera) is compared with the GT nor
 reconstruction is not hit cannot be given an angle; they are reported through ``hit_fraction`` and left out of the
 mean angular error, so a mesh with holes must be judged on both numbers.
 
+Camera poses (pose-free runs): estimated poses are similarity-aligned to the true ones by their camera centres
+(Umeyama); rotation and translation errors are reported per view, and the same alignment is applied to the mesh
+before geometry is measured, since a pose-free reconstruction lives in its own frame.
+
 Nothing here imports nerfstudio: the evaluator runs on meshes and arrays only.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +33,7 @@ from scipy.spatial import cKDTree
 from pmni_method.cameras import pixel_rays
 from pmni_method.data.diligent_mv import load_diligent_mv
 from pmni_method.data.types import PMNIDataError
-from pmni_method.poses import similarity_matrix, umeyama
+from pmni_method.poses import load_poses_file, pose_errors
 
 NormalType = Literal["interpolated", "face"]
 
@@ -379,6 +384,58 @@ def apply_alignment(mesh: trimesh.Trimesh, alignment: Optional[np.ndarray]) -> t
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Camera poses
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def pose_file_view_ids(path: Path, dataset_view_ids: Sequence[int]) -> List[int]:
+    """View ids a pose file covers: JSON ``view`` entries, npz ``world_mat_<i>`` keys, else every dataset view."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        try:
+            entries = json.loads(path.read_text())
+            return [int(e["view"]) for e in entries]
+        except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError):
+            return list(dataset_view_ids)  # load_poses_file names the actual problem
+    if suffix == ".npz":
+        try:
+            with np.load(path) as arrays:
+                keys = list(arrays.keys())
+        except Exception:  # numpy raises OSError / ValueError / BadZipFile on unreadable files
+            return list(dataset_view_ids)
+        ids = sorted(int(k[len("world_mat_"):]) for k in keys if k.startswith("world_mat_") and k[10:].isdigit())
+        return ids or list(dataset_view_ids)
+    return list(dataset_view_ids)
+
+
+def evaluate_poses(
+    poses_path: Path | str, true_c2w_world: np.ndarray, dataset_view_ids: Sequence[int]
+) -> Dict[str, Any]:
+    """Errors of the poses in ``poses_path`` against the true world-unit OpenCV poses (one per dataset view).
+
+    The file may hold any subset of the views (e.g. pmni-export's training views) in any format
+    :func:`pmni_method.poses.load_poses_file` reads, in any frame and unit: the similarity alignment of the camera
+    centres absorbs both, and errors come out in the dataset's world units. Keys are those of
+    :func:`pmni_method.poses.pose_errors` plus ``view_ids`` and ``poses_file``; ``alignment`` maps the estimate's
+    frame onto the true one (apply it to a mesh that lives in the estimate's frame).
+    """
+    poses_path = Path(poses_path)
+    dataset_view_ids = [int(v) for v in dataset_view_ids]
+    ids = pose_file_view_ids(poses_path, dataset_view_ids)
+    unknown = sorted(set(ids) - set(dataset_view_ids))
+    if unknown:
+        raise EvaluationInputError(f"{poses_path}: views {unknown} are not in the dataset (has {dataset_view_ids})")
+    estimated = load_poses_file(poses_path, view_ids=ids)
+    true = np.asarray(true_c2w_world, dtype=np.float64)[[dataset_view_ids.index(v) for v in ids]]
+    try:
+        errors = pose_errors(estimated, true)
+    except ValueError as e:
+        raise EvaluationInputError(f"{poses_path}: {e}") from None
+    return {"poses_file": str(poses_path), "view_ids": ids, **errors}
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Whole evaluation
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -451,11 +508,17 @@ def evaluate(
     alignment: Optional[np.ndarray] = None,
     normal_type: NormalType = "interpolated",
     downscale_factor: int = 1,
+    poses: Optional[Path | str] = None,
+    align_to_poses: bool = True,
 ) -> Dict[str, Any]:
     """Evaluate the mesh at ``mesh_path`` (world units) against the dataset in ``data_dir`` and its ``mesh_Gt.ply``.
 
     Cameras are the TRUE poses (``cameras_gt.npz`` when the dataset has one), so a run trained from perturbed poses
     is judged against the real geometry. ``heldout_views`` are view ids as in the file names.
+
+    ``poses``: a file of estimated poses (e.g. pmni-export's ``<mesh>.poses.json``); their errors are reported
+    under ``"poses"`` (:func:`evaluate_poses`) and, with ``align_to_poses``, the mesh is moved by the same
+    similarity before it is measured (give either ``alignment`` or aligning ``poses``, not both).
     Raises :class:`~pmni_method.data.types.PMNIDataError` (one-line message) on unusable input.
     """
     mesh_path, data_dir = Path(mesh_path), Path(data_dir)
@@ -477,6 +540,13 @@ def evaluate(
     c2w_norm = data.gt_c2w if data.gt_c2w is not None else data.c2w
     c2w_world = norm.c2w_to_world(c2w_norm)
     gt_normals = norm.normals_to_world(np.asarray(data.normals, dtype=np.float64))
+    pose_report = None
+    if poses is not None:
+        if align_to_poses and alignment is not None:
+            raise EvaluationInputError("give either an alignment or a poses file to align by, not both")
+        pose_report = evaluate_poses(poses, c2w_world, data.view_ids)
+        if align_to_poses:
+            alignment = np.asarray(pose_report["alignment"], dtype=np.float64)
 
     metrics = evaluate_arrays(
         pred_mesh,
@@ -495,10 +565,12 @@ def evaluate(
         "mesh": str(mesh_path),
         "data": str(data_dir),
         "gt_mesh": str(gt_path),
-        "poses": "cameras_gt (true poses)" if data.gt_c2w is not None else "cameras_sphere",
+        "reference_poses": "cameras_gt (true poses)" if data.gt_c2w is not None else "cameras_sphere",
         "downscale_factor": int(downscale_factor),
         **metrics,
     }
+    if pose_report is not None:
+        metrics["poses"] = {**pose_report, "mesh_aligned_by_poses": bool(align_to_poses)}
     return metrics
 
 
@@ -538,4 +610,35 @@ def print_metrics(metrics: Dict[str, Any], console: Optional[Any] = None) -> Non
         table.add_row(f"Normal MAE, {label}", _fmt(s["mae_deg"], ".3f"), f"deg ({nrm['normal_type']})")
         table.add_row("  mask pixels hit", _fmt(s["hit_fraction"], ".4f"), "0..1")
         table.add_row("  silhouette IoU", _fmt(s["silhouette_iou"], ".4f"), "0..1")
+    poses = metrics.get("poses")
+    if poses is not None:
+        table.add_row(
+            f"Rotation error, mean / median ({len(poses['view_ids'])} views)",
+            f"{poses['rotation_deg_mean']:.3f} / {poses['rotation_deg_median']:.3f}",
+            "deg",
+        )
+        table.add_row(
+            "Translation error, mean / median",
+            f"{poses['translation_mean']:.4g} / {poses['translation_median']:.4g}",
+            "world",
+        )
+        table.add_row(
+            "  relative to the orbit radius",
+            f"{100 * poses['translation_relative_mean']:.3f} / {100 * poses['translation_relative_median']:.3f}",
+            f"% of {poses['orbit_radius']:.4g}",
+        )
+        table.add_row(
+            "  alignment scale (estimate -> true)",
+            f"{poses['alignment_scale']:.4f}",
+            "mesh aligned" if poses["mesh_aligned_by_poses"] else "mesh not aligned",
+        )
     console.print(table)
+    if poses is not None:
+        per_view = Table(title="pose error per view (after similarity alignment)", header_style="bold")
+        for column in ("view", "rotation (deg)", "translation (world)", "translation / orbit radius (%)"):
+            per_view.add_column(column, justify="right")
+        for v, r, t, rel in zip(
+            poses["view_ids"], poses["rotation_deg"], poses["translation"], poses["translation_relative"]
+        ):
+            per_view.add_row(str(v), f"{r:.3f}", f"{t:.4g}", f"{100 * rel:.3f}")
+        console.print(per_view)

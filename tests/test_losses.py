@@ -75,13 +75,14 @@ def test_normal_and_mask_losses() -> None:
 
 def test_pmni_stage_schedule_scales_with_run_length() -> None:
     sched = LossScheduleConfig(stages=pmni_diligent_stages(), total_steps=30000)
-    assert sched.weights_at(0, True) == {"normal": 0.0, "depth": 0.1, "mask": 3.0, "eikonal": 1.0}
-    assert sched.weights_at(10000, True) == {"normal": 1.0, "depth": 1.0, "mask": 5.0, "eikonal": 1.0}
-    assert sched.weights_at(25000, True) == {"normal": 1.0, "depth": 0.0, "mask": 5.0, "eikonal": 1.0}
+    # PMNI's third stage adds multi-view normal consistency.
+    assert sched.weights_at(0, True) == {"normal": 0.0, "depth": 0.1, "mask": 3.0, "eikonal": 1.0, "mvc": 0.0}
+    assert sched.weights_at(10000, True) == {"normal": 1.0, "depth": 1.0, "mask": 5.0, "eikonal": 1.0, "mvc": 0.0}
+    assert sched.weights_at(25000, True) == {"normal": 1.0, "depth": 0.0, "mask": 5.0, "eikonal": 1.0, "mvc": 1.0}
     short = LossScheduleConfig(stages=pmni_diligent_stages(), total_steps=300)
     assert short.weights_at(99, True)["normal"] == 0.0 and short.weights_at(100, True)["normal"] == 1.0
     # Without depth: depth off everywhere, and the depth-only first stage falls back to normals.
-    assert sched.weights_at(0, False) == {"normal": 1.0, "depth": 0.0, "mask": 3.0, "eikonal": 1.0}
+    assert sched.weights_at(0, False) == {"normal": 1.0, "depth": 0.0, "mask": 3.0, "eikonal": 1.0, "mvc": 0.0}
 
 
 def test_lr_schedule_returns_python_floats() -> None:

@@ -341,7 +341,7 @@ def test_dataset_with_noisy_poses_is_evaluated_with_true_poses(sphere_mesh_path,
     )
     assert (data / "cameras_gt.npz").is_file()
     m = evaluate(data / "mesh_Gt.ply", data)
-    assert m["poses"].startswith("cameras_gt")
+    assert m["reference_poses"].startswith("cameras_gt")
     # With the stored (perturbed) poses the rendered silhouettes would miss the masks by several pixels.
     assert m["normals"]["all"]["silhouette_iou"] == pytest.approx(1.0, abs=1e-3)
     assert m["normals"]["all"]["mae_deg"] < 0.01 and m["geometry"]["chamfer"] == 0.0

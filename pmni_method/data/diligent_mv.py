@@ -213,8 +213,9 @@ def load_diligent_mv(
     ``pose_init`` chooses ``c2w``, the poses training starts from, for all views (default: the stored poses of
     ``cameras_sphere.npz``). ``gt_c2w`` holds the true poses whenever ``c2w`` may differ from them: those of
     ``cameras_gt.npz`` when present, else the stored ones when ``pose_init`` replaced them; it stays None when ``c2w``
-    are the true poses already. Normal maps stored in camera space are turned into world space with the stored
-    poses whatever ``pose_init`` is.
+    are the true poses already. Normal maps stored in camera space are turned into world space with the poses
+    training starts from (``c2w``): a pose-free run must not see the stored (true) poses through its normals, and
+    pose refinement rotates these normals on with each camera's correction.
 
     Raises :class:`PMNIDataError` (one line: ``"<path>: <problem>"``) on any bad input.
     """
@@ -250,6 +251,8 @@ def load_diligent_mv(
         # A clean dataset's stored poses are the truth that noisy / ring / file runs are scored against.
         gt_c2w = c2w
     c2w = init_c2w
+    # Camera-space normals go into the world with the starting poses; "gt" keeps the stored matrices bit for bit.
+    normal_c2w_world = c2w_world if pose_init.pose_init == "gt" else normalisation.c2w_to_world(c2w)
 
     normals_list, masks_list = [], []
     shape: Optional[Tuple[int, int]] = None
@@ -274,7 +277,7 @@ def load_diligent_mv(
             raise _error(mask_files[view], "mask is empty (no foreground pixel)")
         normals = _check_and_repair_normals(normal_files[view], normals, mask)
         if space == "camera":
-            normals = cameras.camera_normals_to_world(normals, c2w_world[pos])
+            normals = cameras.camera_normals_to_world(normals, normal_c2w_world[pos])
         normals = np.where(mask[..., None], normalisation.normals_to_normalised(normals), 0.0)
         normals_list.append(normals.astype(np.float32))
         masks_list.append(mask)
@@ -301,6 +304,7 @@ def load_diligent_mv(
         depths=None if depths is None else depths.astype(np.float32),
         gt_mesh=data_dir / GT_MESH_FILE if (data_dir / GT_MESH_FILE).is_file() else None,
         gt_c2w=gt_c2w,
+        normal_space=space,
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Literal, Optional
 
 import numpy as np
 
@@ -39,6 +39,9 @@ class MultiViewNormalData:
     """Ground-truth mesh in world units, if the dataset has one."""
     gt_c2w: Optional[np.ndarray] = None
     """(N, 4, 4) true OpenCV camera-to-world (normalised frame), when the stored poses are known to be perturbed."""
+    normal_space: Literal["world", "camera"] = "world"
+    """Frame the maps were given in. Camera-space maps are rotated into the world with the initial poses ``c2w``,
+    so they follow pose corrections; world-space maps are tied to the true world frame."""
 
     @property
     def num_views(self) -> int:
@@ -70,4 +73,5 @@ class MultiViewNormalData:
             depths=None if self.depths is None else self.depths[idx],
             gt_mesh=self.gt_mesh,
             gt_c2w=None if self.gt_c2w is None else self.gt_c2w[idx],
+            normal_space=self.normal_space,
         )

@@ -174,8 +174,9 @@ def consistency_loss(
     num_views = views.num_views
     if config.detach_points:
         points = points.detach()
+    # An empty term stays in the graph of both inputs, so that a summed objective can always be backpropagated.
+    zero = (points.sum() + normals.sum()) * 0.0
     if points.shape[0] == 0 or num_views < 2:
-        zero = normals.sum() * 0.0
         return zero, {"mvc_pairs": torch.zeros((), device=device), "mvc_valid_fraction": torch.zeros((), device=device)}
     k = max(int(config.views_per_point), 1)
     src = source_views.long().repeat_interleave(k)
@@ -200,7 +201,7 @@ def consistency_loss(
     count = valid.sum()
     stats = {"mvc_pairs": count.float(), "mvc_valid_fraction": count.float() / float(valid.numel())}
     if not bool(valid.any()):
-        return n_src.sum() * 0.0, stats
+        return zero, stats
     diff = n_src[valid] - n_dst[valid]
     return diff.square().sum(-1).mean(), stats
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Literal, Tuple, Type
+from typing import Any, Dict, List, Literal, Optional, Tuple, Type
 
 import torch
 from torch import Tensor
 from torch.nn import Parameter
 from torch.optim import Optimizer, lr_scheduler
 
-from nerfstudio.cameras.camera_optimizers import CameraOptimizer, CameraOptimizerConfig
+import numpy as np
+from nerfstudio.cameras.camera_optimizers import CameraOptimizer
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.engine.schedulers import Scheduler, SchedulerConfig
@@ -19,11 +20,15 @@ from nerfstudio.model_components.renderers import RGBRenderer
 from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils import colormaps
 
+from pmni_method.data.types import MultiViewNormalData
 from pmni_method.fields.sdf_field import SDFField, SDFFieldConfig
+from pmni_method.models.consistency import MultiViewConsistencyConfig, TrainingViews, consistency_loss, select_points
 from pmni_method.models.core import PMNICore, PMNICoreConfig, normal_angular_error_deg
+from pmni_method.models.pose_refine import PoseRefiner, PoseRefinerConfig
 from pmni_method.models.rendering import Backend
 from pmni_method.models.sampler import OccupancySamplerConfig
 from pmni_method.models.schedule import LossScheduleConfig, LRScheduleConfig
+from pmni_method.models.visual_hull import visual_hull_radius
 
 
 @dataclass
@@ -72,8 +77,16 @@ class PMNIModelConfig(ModelConfig):
     """Per-ray compositing: nerfacc on CUDA ("auto") or pure torch."""
     background_shade: float = 0.0
     """Grey level behind the object in the shaded rgb output."""
-    camera_optimizer: CameraOptimizerConfig = field(default_factory=lambda: CameraOptimizerConfig(mode="off"))
-    """Pose refinement (param group camera_opt); off by default."""
+    init_radius_from_masks: bool = True
+    """Start the SDF as the sphere with the volume of the masks' visual hull (else sdf_field.sphere_init_radius)."""
+    camera_optimizer: PoseRefinerConfig = field(default_factory=PoseRefinerConfig)
+    """Pose refinement (param group camera_opt): a left-applied SE(3) correction per training camera, one camera
+    frozen; off by default (mode SE3 turns it on)."""
+    normal_targets_follow_poses: Literal["auto", "always", "never"] = "auto"
+    """Rotate the training normal targets with the pose corrections; auto: when the normal maps were camera-space
+    (world-space maps live in the true world frame, whatever the poses)."""
+    consistency: MultiViewConsistencyConfig = field(default_factory=MultiViewConsistencyConfig)
+    """Multi-view normal consistency (mvc_loss); its weight per stage is in loss_schedule."""
 
     def core_config(self) -> PMNICoreConfig:
         """The nerfstudio-free configuration these fields describe."""
@@ -93,14 +106,59 @@ class PMNIModel(Model):
 
     config: PMNIModelConfig
 
+    def _size_initial_sphere(self) -> None:
+        """Start from the sphere with the visual hull's volume instead of a fixed radius.
+
+        The sharpness is tied to the marching step from the first iteration, so the mask loss only acts near the
+        current surface: an object much larger than the initial sphere would never be reached from inside.
+        """
+        data = self.training_data
+        if not self.config.init_radius_from_masks or data is None:
+            return
+        radius = visual_hull_radius(data.K, data.c2w, data.masks)
+        self.config.sdf_field.sphere_init_radius = float(np.clip(radius, 0.2, 0.95))
+
     def populate_modules(self) -> None:
         super().populate_modules()
+        self._size_initial_sphere()
         self.core = PMNICore(self.config.core_config())
         # Used by nerfstudio's texture export (get_rgba_image): our rgb is already composited over a fixed grey.
         self.renderer_rgb = RGBRenderer(background_color="black")
+        data = self.training_data
         self.camera_optimizer: CameraOptimizer = self.config.camera_optimizer.setup(
-            num_cameras=self.num_train_data, device="cpu"
+            num_cameras=self.num_train_data,
+            device="cpu",
+            c2w_init=None if data is None else data.c2w,
+            K=None if data is None else data.K,
+            masks=None if data is None else data.masks,
         )
+        self.targets_follow_poses = self.config.normal_targets_follow_poses == "always" or (
+            self.config.normal_targets_follow_poses == "auto" and data is not None and data.normal_space == "camera"
+        )
+        self.has_mvc_views = False
+        if data is not None and any(stage.mvc > 0 for stage in self.config.loss_schedule.stages):
+            views = TrainingViews.from_data(data)
+            # Buffers (not saved) so that the views follow the model to its device.
+            self.register_buffer("mvc_normals", views.normals, persistent=False)
+            self.register_buffer("mvc_masks", views.masks, persistent=False)
+            self.register_buffer("mvc_K", views.K, persistent=False)
+            self.register_buffer("mvc_c2w", torch.as_tensor(data.c2w, dtype=torch.float32), persistent=False)
+            self.has_mvc_views = True
+
+    @property
+    def training_data(self) -> Optional[MultiViewNormalData]:
+        """The training views (poses, masks, normal maps) when the model was built by our datamanager."""
+        metadata = self.kwargs.get("metadata") or {}
+        data = metadata.get("pmni_data")
+        return data if isinstance(data, MultiViewNormalData) else None
+
+    @property
+    def pose_refinement(self) -> bool:
+        return isinstance(self.camera_optimizer, PoseRefiner) and self.camera_optimizer.enabled
+
+    def refined_c2w(self) -> Optional[np.ndarray]:
+        """(N, 4, 4) OpenCV camera-to-worlds (normalised frame) of the training views as refined; None when off."""
+        return self.camera_optimizer.refined_c2w() if self.pose_refinement else None
 
     @property
     def field(self) -> SDFField:
@@ -124,17 +182,31 @@ class PMNIModel(Model):
         ]
 
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Any]:
-        if self.training:
-            self.camera_optimizer.apply_to_raybundle(ray_bundle)
         shape = ray_bundle.origins.shape[:-1]
         origins = ray_bundle.origins.reshape(-1, 3)
         directions = ray_bundle.directions.reshape(-1, 3)
+        rotation: Optional[Tensor] = None
+        # Only training batches index the training cameras; eval and viewer rays keep the poses they come with.
+        training_rays = self.training and ray_bundle.camera_indices is not None
+        if training_rays and self.pose_refinement:
+            origins, directions, rotation = self.camera_optimizer.correct_rays(
+                origins, directions, ray_bundle.camera_indices.reshape(-1)
+            )
         metadata = ray_bundle.metadata or {}
         dnorm = metadata.get("directions_norm")
         dnorm = dnorm.reshape(-1, 1) if dnorm is not None else None
         nears = ray_bundle.nears.reshape(-1) if ray_bundle.nears is not None else None
         fars = ray_bundle.fars.reshape(-1) if ray_bundle.fars is not None else None
         outputs = self.core.render(origins, directions, dnorm, nears, fars)
+        if training_rays:
+            # For the losses: the rays as rendered and the rotation of each ray's pose correction (not a tensor,
+            # so image renders skip it).
+            outputs["train_rays"] = {
+                "origins": origins,
+                "directions": directions,
+                "camera_indices": ray_bundle.camera_indices.reshape(-1),
+                "rotation": rotation,
+            }
         if len(shape) != 1:
             outputs = {k: (v.reshape(*shape, v.shape[-1]) if isinstance(v, Tensor) else v) for k, v in outputs.items()}
         return outputs
@@ -146,10 +218,55 @@ class PMNIModel(Model):
         return metrics
 
     def get_loss_dict(self, outputs: Dict[str, Any], batch: Dict[str, Tensor], metrics_dict=None) -> Dict[str, Tensor]:
-        loss_dict = self.core.losses(outputs, self._to_device(batch))
-        if self.training:
+        batch = self._to_device(batch)
+        rays = outputs.get("train_rays")
+        if rays is not None and rays["rotation"] is not None and self.targets_follow_poses:
+            # The maps hold normals in each camera's initial frame (rotated into the world with the initial pose):
+            # under the current pose that normal is R_current R_initial^T n = R_correction n. The rotation thus
+            # also learns from the normal loss.
+            batch = dict(batch, normal=torch.einsum("nij,nj->ni", rays["rotation"], batch["normal"].to(rays["rotation"])))
+        loss_dict = self.core.losses(outputs, batch)
+        if rays is not None:
+            self._add_consistency_loss(loss_dict, outputs, batch, rays, metrics_dict)
             self.camera_optimizer.get_loss_dict(loss_dict)
         return loss_dict
+
+    def _add_consistency_loss(
+        self,
+        loss_dict: Dict[str, Tensor],
+        outputs: Dict[str, Any],
+        batch: Dict[str, Tensor],
+        rays: Dict[str, Any],
+        metrics_dict: Optional[Dict[str, Any]],
+    ) -> None:
+        has_depth = "depth" in batch and batch["depth"] is not None
+        weight = self.core.loss_weights(has_depth)["mvc"]
+        if weight <= 0 or not self.has_mvc_views:
+            return
+        views = TrainingViews(normals=self.mvc_normals, masks=self.mvc_masks, K=self.mvc_K)
+        config = self.config.consistency
+        points, picked = select_points(
+            rays["origins"], rays["directions"], outputs["depth"], outputs["accumulation"], batch["fg_mask"], config
+        )
+        if self.pose_refinement:
+            c2w = self.camera_optimizer.current_c2w()
+            rotations = self.camera_optimizer.left_transforms()[:, :3, :3] if self.targets_follow_poses else None
+        else:
+            c2w, rotations = self.mvc_c2w, None
+        loss, stats = consistency_loss(
+            points,
+            batch["normal"][picked].to(points),
+            rays["camera_indices"][picked],
+            views,
+            c2w,
+            rotations,
+            self.core.field.sdf,
+            config,
+            radius=self.core.config.sampler.sphere_radius,
+        )
+        loss_dict["mvc_loss"] = weight * loss
+        if metrics_dict is not None:
+            metrics_dict.update(stats)
 
     def get_image_metrics_and_images(
         self, outputs: Dict[str, Any], batch: Dict[str, Tensor]

@@ -4,10 +4,13 @@
 Every training camera ``i`` has a correction ``xi_i`` in se(3) (a pypose ``LieTensor``, translation first) and its
 current camera-to-world is::
 
-    c2w_i = Exp(xi_i) @ A_i @ c2w_init_i            (OpenCV axes, normalised frame)
+    c2w_i = Exp(S xi_i) @ A_i @ c2w_init_i          (OpenCV axes, normalised frame)
+
+with ``S = diag(u, u, u, 1, 1, 1)``: the stored translation is in units of ``u`` (``translation_unit``, by default
+the cameras' mean distance from the object) so that every coordinate moves the image at a comparable rate.
 
 ``c2w_init_i`` are the poses the training rays were built from (``MultiViewNormalData.c2w``) and ``A_i`` a fixed
-pre-alignment (identity unless ``recentre_on_masks``). ``L_i = Exp(xi_i) @ A_i`` is applied on the left, i.e. in
+pre-alignment (identity unless ``recentre_on_masks``). ``L_i = Exp(S xi_i) @ A_i`` is applied on the left, i.e. in
 world axes: a ray ``(o, d)`` of camera ``i`` becomes ``(R_L o + t_L, R_L d)`` and a world normal that was rotated
 into the world with the initial pose becomes ``R_L n``. Left-applied corrections turn about the object (the origin
 of the normalised frame), the natural motion of a turntable or orbit error.
@@ -57,6 +60,11 @@ class PoseRefinerConfig(CameraOptimizerConfig):
     """Weight of the mean norm of the corrections' translation parts (0: a pose-free run must be free to move far)."""
     rot_l2_penalty: float = 0.0
     """Weight of the mean norm of the corrections' rotation parts (radians)."""
+    translation_unit: Optional[float] = None
+    """Length (normalised units) of one unit of the corrections' translation part; None: the cameras' mean distance
+    from the origin. A unit of translation then shifts the image about as much as a radian of rotation does, so
+    Adam, which steps every coordinate at the same rate, moves a camera about its own centre (translation = distance
+    x angle) as readily as about the object."""
     frozen_camera: int = 0
     """Training-camera index whose correction stays exactly the identity (fixes the gauge); negative counts from the end."""
     recentre_on_masks: bool = False
@@ -139,7 +147,6 @@ class PoseRefiner(CameraOptimizer):
         frozen = config.frozen_camera + num_cameras if config.frozen_camera < 0 else config.frozen_camera
         if not 0 <= frozen < num_cameras:
             raise ValueError(f"frozen_camera {config.frozen_camera} is not a training camera (0..{num_cameras - 1})")
-        self.frozen_index = frozen
         # Built from the data on every start (as the training rays are), so it is not saved with the checkpoint.
         self.register_buffer("c2w_init", c2w, persistent=False)
         start = np.tile(np.eye(4), (num_cameras, 1, 1))
@@ -154,8 +161,14 @@ class PoseRefiner(CameraOptimizer):
         if non_trainable_camera_indices is not None:
             free[non_trainable_camera_indices.long().cpu()] = 0.0
         self.register_buffer("free", free, persistent=False)
+        unit = config.translation_unit
+        if unit is None:
+            unit = float(c2w[:, :3, 3].norm(dim=-1).mean())
+        if not (np.isfinite(unit) and unit > 0):
+            raise ValueError(f"translation_unit must be a positive length, got {unit}")
+        # Saved with the corrections: their meaning depends on it.
+        self.register_buffer("xi_scale", torch.tensor([unit] * 3 + [1.0] * 3))
         self.xi = pp.Parameter(pp.identity_se3(num_cameras))
-        self.trainable = True
 
     # ------------------------------------------------------------------ state
     @property
@@ -171,24 +184,18 @@ class PoseRefiner(CameraOptimizer):
             value = destination[key]
             destination[key] = value.as_subclass(torch.Tensor) if keep_vars else value.detach().as_subclass(torch.Tensor)
 
-    def set_trainable(self, trainable: bool) -> None:
-        """While False, corrections are applied but receive no gradient (Adam then leaves them and its state alone)."""
-        self.trainable = bool(trainable)
-
     # ------------------------------------------------------------------ transforms
     def left_transforms(self, indices: Optional[Tensor] = None) -> Float[Tensor, "n 4 4"]:
-        """Current left corrections ``L = Exp(xi) @ A`` of the given training cameras (all by default)."""
+        """Current left corrections ``L = Exp(S xi) @ A`` of the given training cameras (all by default)."""
         if not self.enabled:
             n = self.num_cameras if indices is None else int(indices.reshape(-1).shape[0])
             return torch.eye(4).expand(n, 4, 4)
         xi = self.xi.as_subclass(torch.Tensor)
         if indices is not None:
             indices = indices.reshape(-1).long().to(xi.device)
-        xi = xi if indices is None else xi[indices]
+        xi = (xi if indices is None else xi[indices]) * self.xi_scale
         free = self.free if indices is None else self.free[indices]
         start = self.start if indices is None else self.start[indices]
-        if not (self.trainable and torch.is_grad_enabled()):
-            xi = xi.detach()
         # Multiplying by 0 cuts the frozen camera out of the graph; where() keeps its transform bit-exact.
         L = se3_matrices(xi * free) @ start
         return torch.where(free[..., None] > 0, L, start)
@@ -226,6 +233,11 @@ class PoseRefiner(CameraOptimizer):
         R, c = C[:, :3, :3], C[:, :3, 3:]
         C_inv = torch.cat([torch.cat([R.transpose(1, 2), -R.transpose(1, 2) @ c], dim=-1), C[:, 3:, :]], dim=1)
         delta = C_inv @ L @ C
+        # C^-1 C is the identity only up to rounding; an uncorrected camera gets the exact identity.
+        unchanged = (self.free[indices.to(self.free.device)] == 0) & torch.all(
+            self.start[indices.to(self.start.device)] == torch.eye(4, device=self.start.device), dim=(-2, -1)
+        )[:, None]
+        delta = torch.where(unchanged[..., None], torch.eye(4, dtype=delta.dtype, device=delta.device), delta)
         return delta[:, :3, :4].to(self.xi.dtype)
 
     def apply_to_raybundle(self, raybundle: RayBundle) -> None:

@@ -2,13 +2,16 @@
 
 PMNI trains DiLiGenT-MV objects for 30k iterations in three stages:
 
-====================  ======  =====  ====  =======
-iterations (of 30k)   normal  depth  mask  eikonal
-====================  ======  =====  ====  =======
-0 - 10k               0       0.1    3     1
-10k - 20k             1       1      5     1
-20k - 30k             1       0      5     1
-====================  ======  =====  ====  =======
+====================  ======  =====  ====  =======  ===
+iterations (of 30k)   normal  depth  mask  eikonal  mvc
+====================  ======  =====  ====  =======  ===
+0 - 10k               0       0.1    3     1        0
+10k - 20k             1       1      5     1        0
+20k - 30k             1       0      5     1        1
+====================  ======  =====  ====  =======  ===
+
+``mvc`` is the multi-view normal consistency term (:mod:`pmni_method.models.consistency`), PMNI's third stage;
+the nerfstudio model adds it, since it needs every training view's normal map and the current poses.
 
 Stage boundaries are stored as fractions of the run and scaled to the configured iteration count.
 
@@ -23,7 +26,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Dict, Tuple
 
-LOSS_NAMES = ("normal", "depth", "mask", "eikonal")
+LOSS_NAMES = ("normal", "depth", "mask", "eikonal", "mvc")
 
 
 @dataclass
@@ -40,6 +43,8 @@ class LossStage:
     """Weight of the mask (silhouette BCE) loss."""
     eikonal: float
     """Weight of the eikonal loss."""
+    mvc: float = 0.0
+    """Weight of the multi-view normal consistency loss (``mvc_loss``)."""
 
     def weights(self) -> Dict[str, float]:
         return {name: float(getattr(self, name)) for name in LOSS_NAMES}
@@ -50,7 +55,7 @@ def pmni_diligent_stages() -> Tuple[LossStage, ...]:
     return (
         LossStage(start=0.0, normal=0.0, depth=0.1, mask=3.0, eikonal=1.0),
         LossStage(start=1.0 / 3.0, normal=1.0, depth=1.0, mask=5.0, eikonal=1.0),
-        LossStage(start=2.0 / 3.0, normal=1.0, depth=0.0, mask=5.0, eikonal=1.0),
+        LossStage(start=2.0 / 3.0, normal=1.0, depth=0.0, mask=5.0, eikonal=1.0, mvc=1.0),
     )
 
 

@@ -37,6 +37,11 @@ class EvalConfig:
     """Optional 4x4 world-frame similarity (text or .npy) applied to the mesh first, e.g. from a pose-free fit."""
     downscale_factor: int = 1
     """Evaluate on images downscaled by this integer factor (faster; the protocol uses 1)."""
+    poses: Optional[Path] = None
+    """Estimated camera poses (pmni-export's <mesh>.poses.json, or any pose file pmni reads): reports rotation and
+    translation errors per view after a similarity alignment of the camera centres to the true ones."""
+    align_to_poses: bool = True
+    """With --poses: measure the geometry after that same alignment (a pose-free run lives in its own frame)."""
 
 
 class _BadInput(Exception):
@@ -72,6 +77,10 @@ def main(config: EvalConfig) -> int:
         if config.output is not None and config.output.is_dir():
             raise _BadInput(f"{config.output}: output is a folder, expected a .json file path")
         alignment = _load_alignment(config.alignment) if config.alignment is not None else None
+        if config.poses is not None and not config.poses.is_file():
+            raise _BadInput(f"{config.poses}: poses file not found")
+        if config.poses is not None and config.align_to_poses and alignment is not None:
+            raise _BadInput("--alignment and --poses both align the mesh; pass --no-align-to-poses to keep --alignment")
         metrics = evaluate(
             config.mesh,
             config.data,
@@ -80,6 +89,8 @@ def main(config: EvalConfig) -> int:
             alignment=alignment,
             normal_type=config.normal_type,
             downscale_factor=config.downscale_factor,
+            poses=config.poses,
+            align_to_poses=config.align_to_poses,
         )
         print_metrics(metrics)
         if config.output is not None:

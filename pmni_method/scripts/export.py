@@ -1,16 +1,19 @@
-"""pmni-export: marching-cubes mesh (world units) from a trained pmni nerfstudio run."""
+"""pmni-export: marching-cubes mesh (world units) from a trained pmni nerfstudio run, and the run's camera poses."""
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import tyro
 
+from pmni_method.atomic import atomic_write
+from pmni_method.cameras import Normalisation
 from pmni_method.data.types import PMNIDataError
 
 EXIT_BAD_INPUT = 2
@@ -32,6 +35,46 @@ class ExportConfig:
     """SDF queries per forward pass; lower it if the GPU runs out of memory."""
     keep_largest: bool = True
     """Keep only the connected component with the largest area (drops floaters)."""
+    write_poses: bool = True
+    """Also write the training cameras' poses (refined when pose refinement was on) as JSON, for pmni-eval --poses."""
+    poses_output: Optional[Path] = None
+    """Where to write the poses; default: beside the mesh, <mesh name without suffix>.poses.json."""
+
+
+def poses_path_for(mesh_path: Path) -> Path:
+    """Default pose file of a mesh: ``bunny.ply`` -> ``bunny.poses.json`` in the same folder."""
+    return mesh_path.with_name(mesh_path.stem + ".poses.json")
+
+
+def run_poses(pipeline: Any) -> Tuple[List[int], np.ndarray, bool]:
+    """View ids, (N, 4, 4) OpenCV camera-to-worlds in world units, and whether they are refined, of the training views.
+
+    Refined poses come from the model (``refined_c2w``) when pose refinement was on; otherwise the poses training
+    used (the initial ones) are returned, so that a calibrated run's file holds its calibration.
+    """
+    outputs = pipeline.datamanager.train_dataparser_outputs
+    data = outputs.metadata["pmni_data"]
+    refine = getattr(pipeline.model, "refined_c2w", None)
+    refined = refine() if callable(refine) else None
+    c2w = np.asarray(data.c2w if refined is None else refined, dtype=np.float64)
+    scale_mat = np.asarray(outputs.metadata["scale_mat"], dtype=np.float64).reshape(4, 4)
+    return [int(v) for v in outputs.metadata["view_ids"]], Normalisation(scale_mat).c2w_to_world(c2w), refined is not None
+
+
+def poses_json(view_ids: List[int], c2w_world: np.ndarray, refined: bool) -> List[Dict[str, Any]]:
+    """The JSON pose-file form ``[{"view", "c2w", "refined"}]`` that ``poses.load_poses_file`` reads back."""
+    return [
+        {"view": int(v), "c2w": np.asarray(m, dtype=np.float64).tolist(), "refined": bool(refined)}
+        for v, m in zip(view_ids, c2w_world)
+    ]
+
+
+def write_poses_atomic(entries: List[Dict[str, Any]], output: Path) -> Path:
+    """Serialise first, then write-and-rename: an interrupted export never leaves a half-written pose file."""
+    text = json.dumps(entries, indent=1, allow_nan=False) + "\n"
+    with atomic_write(output, "w") as f:
+        f.write(text)
+    return output
 
 
 class _BadInput(Exception):
@@ -108,6 +151,8 @@ def main(config: ExportConfig) -> int:
             raise _BadInput(f"--chunk {config.chunk}: must be positive")
         if not config.bounds[0] < config.bounds[1]:
             raise _BadInput(f"--bounds {config.bounds}: expected LOW HIGH with LOW < HIGH")
+        if config.write_poses and (config.poses_output or poses_path_for(config.output)).is_dir():
+            raise _BadInput(f"{config.poses_output or poses_path_for(config.output)}: poses output is a folder")
 
         pipeline = load_pipeline(config.load_config)
         import torch
@@ -154,6 +199,20 @@ def main(config: ExportConfig) -> int:
             write_mesh_atomic(mesh, config.output)
         except OSError as e:
             raise _BadInput(f"{config.output}: cannot write mesh ({e.strerror or e})")
+        poses_output: Optional[Path] = None
+        if config.write_poses:
+            poses_output = config.poses_output or poses_path_for(config.output)
+            try:
+                view_ids, c2w_world, refined = run_poses(pipeline)
+            except (AttributeError, KeyError, TypeError) as e:
+                # The mesh is the product; a run that cannot tell its poses still gets it, with a note.
+                console.print(f"note: no poses file: the run has no training poses ({type(e).__name__}: {e})", markup=False)
+                poses_output = None
+            if poses_output is not None:
+                try:
+                    write_poses_atomic(poses_json(view_ids, c2w_world, refined), poses_output)
+                except OSError as e:
+                    raise _BadInput(f"{poses_output}: cannot write poses ({e.strerror or e})")
     except (_BadInput, PMNIDataError) as e:
         print(f"pmni-export: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -166,6 +225,12 @@ def main(config: ExportConfig) -> int:
         f"size [{hi[0] - lo[0]:.4g}, {hi[1] - lo[1]:.4g}, {hi[2] - lo[2]:.4g}]",
         markup=False,
     )
+    if poses_output is not None:
+        console.print(
+            f"wrote {poses_output} ({'refined' if refined else 'initial'} poses of {len(view_ids)} training views, "
+            "world units, OpenCV camera-to-world)",
+            markup=False,
+        )
     return 0
 
 

@@ -1,0 +1,267 @@
+"""Pose-free reconstruction benchmark: pose accuracy and geometry of pose-free runs against calibrated ones.
+
+For each object (pmni-synth renders, 20 views: the Stanford bunny at world scale 1000, Spot at 100) it trains
+``pmni-fast`` through nerfstudio's trainer (the ``ns-train`` path) at quarter resolution, exports the mesh and the
+poses with pmni-export and scores both with pmni-eval (``--poses``: poses aligned to the truth by a similarity of the
+camera centres, geometry measured after the same alignment). Runs, all with the same iteration budget:
+
+``calibrated``        true poses, no pose refinement (the reference Chamfer distance)
+``calibrated-nomvc``  the same without the multi-view consistency term
+``noisy``             5 deg / 5 % pose noise (pmni's ``noisy`` init), pose refinement (``presets.make_pose_free``)
+``noisy-nomvc``       the same without the consistency term
+``ring``              turntable ring initialisation (elevation 0, while the truth is at 10 deg), pose refinement
+
+Every run uses the camera-space normal maps. Finished runs are cached in ``--out`` (delete a run's folder to redo
+it). ``mvc-cost`` times a training iteration with and without the consistency term, interleaved, on one model.
+
+Examples::
+
+    python benchmarks/bench_poses.py runs --out /tmp/pose_bench --objects bunny spot
+    python benchmarks/bench_poses.py mvc-cost --out /tmp/pose_bench --objects bunny
+    python benchmarks/bench_poses.py report --out /tmp/pose_bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pmni_method.atomic import atomic_write  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+MESHES = REPO.parent / "shared" / "data" / "meshes"
+OBJECTS = {"bunny": ("stanford-bunny.obj", 1000.0), "spot": ("spot.obj", 100.0)}
+RUNS = ("calibrated", "calibrated-nomvc", "noisy", "noisy-nomvc", "ring")
+NORMAL_DIR = "normal_camera_space_GT"
+
+TARGETS = {
+    "noisy_rotation_deg": 0.5,
+    "noisy_chamfer_over_calibrated": 1.5,
+    "ring_rotation_deg": 2.0,
+    "ring_chamfer_percent_of_diagonal": 1.0,
+}
+
+
+def dataset(out: Path, name: str) -> Path:
+    """The object's 20-view pmni-synth dataset (rendered once; depth with a random per-view scale, as from
+    single-view normal integration)."""
+    from pmni_method.synth import SynthConfig, render_dataset  # pylint: disable=import-outside-toplevel
+
+    folder = out / "data" / name
+    if not (folder / "synth.json").is_file():
+        mesh, scale = OBJECTS[name]
+        render_dataset(
+            SynthConfig(mesh=MESHES / mesh, output=folder, num_views=20, world_scale=scale, depth_scale_noise=0.3)
+        )
+    return folder
+
+
+def run_config(data: Path, out: Path, run: str, iterations: int, downscale: int) -> Any:
+    from pmni_method import runner  # pylint: disable=import-outside-toplevel
+    from pmni_method.models.presets import make_pose_free  # pylint: disable=import-outside-toplevel
+
+    config = runner.scripted_config(
+        "pmni-fast", data, out, max_num_iterations=iterations, experiment_name=run, downscale_factor=downscale,
+        normal_dir=NORMAL_DIR,
+    )
+    config.steps_per_save = 10**9  # the final checkpoint is written anyway
+    config.steps_per_eval_batch = 10**9
+    config.steps_per_eval_image = 10**9
+    if run.startswith("noisy"):
+        make_pose_free(config, "noisy", NORMAL_DIR)
+        config.pipeline.datamanager.dataparser.pose_noise_rotation_deg = 5.0
+        config.pipeline.datamanager.dataparser.pose_noise_translation = 0.05
+    elif run.startswith("ring"):
+        make_pose_free(config, "ring", NORMAL_DIR)
+    if run.endswith("nomvc"):
+        schedule = config.pipeline.model.loss_schedule
+        schedule.stages = tuple(dataclasses.replace(stage, mvc=0.0) for stage in schedule.stages)
+    return config
+
+
+def train_and_score(data: Path, out: Path, name: str, run: str, iterations: int, downscale: int, eval_downscale: int) -> Dict:
+    from pmni_method import runner  # pylint: disable=import-outside-toplevel
+    from pmni_method.evaluation import evaluate  # pylint: disable=import-outside-toplevel
+    from pmni_method.export import write_mesh_atomic  # pylint: disable=import-outside-toplevel
+    from pmni_method.scripts.export import poses_json, run_poses, write_poses_atomic  # pylint: disable=import-outside-toplevel
+
+    folder = out / "runs" / name / run
+    config = run_config(data, folder, run, iterations, downscale)
+    torch.manual_seed(0)
+    trained = runner.train(config)
+    pipeline = trained.trainer.pipeline
+    mesh_path = folder / "mesh.ply"
+    write_mesh_atomic(runner.pipeline_mesh(pipeline, resolution=256), mesh_path)
+    poses_path = folder / "mesh.poses.json"
+    write_poses_atomic(poses_json(*run_poses(pipeline)), poses_path)
+    metrics = evaluate(mesh_path, data, downscale_factor=eval_downscale, poses=poses_path)
+    pose = metrics["poses"]
+    result = {
+        "object": name,
+        "run": run,
+        "iterations": iterations,
+        "train_seconds": trained.train_seconds,
+        "seconds_per_iteration": trained.train_seconds / iterations,
+        "torch_threads": torch.get_num_threads(),
+        "chamfer": metrics["geometry"]["chamfer"],
+        "chamfer_percent_of_diagonal": metrics["geometry"]["chamfer_rel_bbox_percent"],
+        "fscore": metrics["geometry"]["fscore"],
+        "normal_mae_deg": metrics["normals"]["all"]["mae_deg"],
+        "rotation_deg_mean": pose["rotation_deg_mean"],
+        "rotation_deg_median": pose["rotation_deg_median"],
+        "rotation_deg_max": max(pose["rotation_deg"]),
+        "translation_relative_mean": pose["translation_relative_mean"],
+        "config": str(trained.config_path),
+    }
+    data_meta = pipeline.datamanager.train_dataset.data
+    if data_meta.gt_c2w is not None:
+        from pmni_method.poses import pose_errors  # pylint: disable=import-outside-toplevel
+
+        result["initial_rotation_deg_mean"] = pose_errors(data_meta.c2w, data_meta.gt_c2w)["rotation_deg_mean"]
+    with atomic_write(folder / "result.json", "w") as f:
+        f.write(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def cmd_runs(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    for name in args.objects:
+        data = dataset(out, name)
+        for run in args.runs:
+            done = out / "runs" / name / run / "result.json"
+            if done.is_file():
+                print("cached", json.loads(done.read_text()), flush=True)
+                continue
+            result = train_and_score(data, out, name, run, args.iterations, args.downscale, args.eval_downscale)
+            print("RESULT", json.dumps(result), flush=True)
+    cmd_report(args)
+
+
+def cmd_mvc_cost(args: argparse.Namespace) -> None:
+    """Median wall time of one training iteration (forward, losses, backward) with and without the consistency
+    term, interleaved on one model in the consistency stage, so that other load on the machine hits both alike."""
+    from pmni_method import runner  # pylint: disable=import-outside-toplevel
+
+    out = Path(args.out)
+    for name in args.objects:
+        data = dataset(out, name)
+        config = run_config(data, out / "cost" / name, "noisy", args.iterations, args.downscale)
+        config.max_num_iterations = args.warmup
+        trained = runner.train(config)  # a short run: a surface to sample on, poses and consistency buffers built
+        pipeline = trained.trainer.pipeline
+        model = pipeline.model
+        model.train()
+        final_step = args.iterations - 1
+        model.core.set_step(final_step)
+        schedule = model.core.config.loss_schedule
+        schedule.total_steps = args.iterations
+        with_mvc = schedule.stages
+        without_mvc = tuple(dataclasses.replace(stage, mvc=0.0) for stage in with_mvc)
+        times: Dict[str, List[float]] = {"with": [], "without": []}
+        pairs: List[float] = []
+        for rep in range(args.repeats):
+            for label, stages in (("with", with_mvc), ("without", without_mvc)) if rep % 2 else (
+                ("without", without_mvc), ("with", with_mvc)
+            ):
+                schedule.stages = stages
+                ray_bundle, batch = pipeline.datamanager.next_train(final_step)
+                start = time.perf_counter()
+                outputs = model(ray_bundle)
+                metrics = model.get_metrics_dict(outputs, batch)
+                losses = model.get_loss_dict(outputs, batch, metrics)
+                sum(losses.values()).backward()
+                times[label].append(time.perf_counter() - start)
+                model.zero_grad(set_to_none=True)
+                if label == "with":
+                    pairs.append(float(metrics.get("mvc_pairs", 0.0)))
+        schedule.stages = with_mvc
+        w, wo = statistics.median(times["with"]), statistics.median(times["without"])
+        print(
+            "MVC_COST",
+            json.dumps({
+                "object": name,
+                "rays_per_batch": config.pipeline.datamanager.train_num_rays_per_batch,
+                "consistency_points": model.config.consistency.num_points,
+                "views_per_point": model.config.consistency.views_per_point,
+                "mean_pairs_compared": statistics.mean(pairs),
+                "ms_per_iteration_with": 1000 * w,
+                "ms_per_iteration_without": 1000 * wo,
+                "ms_consistency": 1000 * (w - wo),
+                "relative_cost": (w - wo) / wo,
+                "repeats": args.repeats,
+                "torch_threads": torch.get_num_threads(),
+            }),
+            flush=True,
+        )
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    results: Dict[str, Dict[str, Dict]] = {}
+    for path in sorted((out / "runs").glob("*/*/result.json")):
+        r = json.loads(path.read_text())
+        results.setdefault(r["object"], {})[r["run"]] = r
+    header = f"{'object':6} {'run':17} {'s/it':>5} {'CD':>8} {'CD %diag':>8} {'F':>6} {'MAE':>6} {'rot mean':>8} {'rot max':>8} {'t rel':>7}"
+    print(header)
+    for name, runs in results.items():
+        for run in RUNS:
+            r = runs.get(run)
+            if r is None:
+                continue
+            print(
+                f"{name:6} {run:17} {r['seconds_per_iteration']:5.2f} {r['chamfer']:8.4g} "
+                f"{r['chamfer_percent_of_diagonal']:8.3f} {r['fscore']:6.3f} {r['normal_mae_deg']:6.2f} "
+                f"{r['rotation_deg_mean']:8.3f} {r['rotation_deg_max']:8.3f} {r['translation_relative_mean']:7.4f}"
+            )
+        calibrated = runs.get("calibrated")
+        checks = []
+        noisy, ring = runs.get("noisy"), runs.get("ring")
+        if noisy is not None:
+            checks.append(("noisy mean rotation error <= 0.5 deg", noisy["rotation_deg_mean"], TARGETS["noisy_rotation_deg"]))
+            if calibrated is not None:
+                checks.append((
+                    "noisy CD / calibrated CD <= 1.5",
+                    noisy["chamfer"] / calibrated["chamfer"],
+                    TARGETS["noisy_chamfer_over_calibrated"],
+                ))
+        if ring is not None:
+            checks.append(("ring mean rotation error <= 2 deg", ring["rotation_deg_mean"], TARGETS["ring_rotation_deg"]))
+            checks.append((
+                "ring CD <= 1 % of the bbox diagonal",
+                ring["chamfer_percent_of_diagonal"],
+                TARGETS["ring_chamfer_percent_of_diagonal"],
+            ))
+        for label, value, target in checks:
+            print(f"  {name}: {label}: {value:.3f} -> {'met' if value <= target else 'NOT met'}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["runs", "mvc-cost", "report"])
+    parser.add_argument("--out", default="/tmp/pose_bench")
+    parser.add_argument("--objects", nargs="*", default=list(OBJECTS), choices=list(OBJECTS))
+    parser.add_argument("--runs", nargs="*", default=list(RUNS), choices=list(RUNS))
+    parser.add_argument("--iterations", type=int, default=900, help="training iterations of every run (pmni-fast: 900)")
+    parser.add_argument("--downscale", type=int, default=4, help="dataparser downscale_factor for training")
+    parser.add_argument("--eval-downscale", type=int, default=2, help="pmni-eval downscale_factor (protocol: 1)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--warmup", type=int, default=150, help="mvc-cost: iterations trained before timing")
+    parser.add_argument("--repeats", type=int, default=20, help="mvc-cost: timed iterations per variant")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    {"runs": cmd_runs, "mvc-cost": cmd_mvc_cost, "report": cmd_report}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
