@@ -413,3 +413,52 @@ def test_poses_survive_checkpoints_and_reach_viewer_export_and_eval(sphere_dir: 
     assert poses["mesh_aligned_by_poses"] and json.loads(report.read_text())["alignment"] == poses["alignment"]
     # Six steps cannot undo 5 degrees of noise, but recentring on the masks already removes most of the pointing error.
     assert 0.0 < poses["rotation_deg_mean"] < 10.0
+
+
+def test_pmni_eval_poses_undo_a_similarity(bunny_dir: Path, tmp_path: Path, capsys) -> None:
+    """Poses and mesh moved together by a similarity (a pose-free run's own frame) score as exact after alignment;
+    one view turned by 2 degrees shows up as that view's rotation error."""
+    import trimesh
+    from scipy.spatial.transform import Rotation
+
+    from pmni_method.data.diligent_mv import load_diligent_mv
+    from pmni_method.evaluation import evaluate
+    from pmni_method.poses import similarity_matrix
+    from pmni_method.scripts import eval as eval_cli
+    from pmni_method.scripts.export import poses_json, write_poses_atomic
+
+    data = load_diligent_mv(bunny_dir, load_depth=False)
+    true = data.normalisation.c2w_to_world(data.c2w)
+    R = Rotation.from_rotvec([0.1, 0.3, -0.2]).as_matrix()
+    S = similarity_matrix(1.3, R, np.array([5.0, -3.0, 2.0]))
+    estimate = np.tile(np.eye(4), (len(true), 1, 1))
+    estimate[:, :3, :3] = R @ true[:, :3, :3]
+    estimate[:, :3, 3] = true[:, :3, 3] @ S[:3, :3].T + S[:3, 3]
+    turn = Rotation.from_rotvec(np.deg2rad(2.0) * np.array([0.0, 1.0, 0.0])).as_matrix()
+    estimate[3, :3, :3] = turn @ estimate[3, :3, :3]
+    ids = [v for v in data.view_ids if v != 5]  # a pose file may cover only the training views
+    poses_file = write_poses_atomic(poses_json(ids, estimate[[data.view_ids.index(v) for v in ids]], True), tmp_path / "p.json")
+    mesh = trimesh.load(bunny_dir / "mesh_Gt.ply", force="mesh", process=False)
+    mesh.apply_transform(S)
+    mesh_path = tmp_path / "moved.ply"
+    mesh.export(mesh_path)
+
+    metrics = evaluate(mesh_path, bunny_dir, poses=poses_file)
+    poses = metrics["poses"]
+    assert poses["view_ids"] == ids
+    rotation = dict(zip(ids, poses["rotation_deg"]))
+    assert abs(rotation[3] - 2.0) < 1e-6
+    assert max(r for v, r in rotation.items() if v != 3) < 1e-6
+    assert poses["translation_mean"] < 1e-6 * poses["orbit_radius"]
+    np.testing.assert_allclose(np.array(poses["alignment"]) @ S, np.eye(4), atol=1e-8)
+    assert metrics["geometry"]["chamfer"] < 1e-6 * metrics["geometry"]["gt_bbox_diagonal"]
+
+    # Without the alignment the moved mesh is far off; both ways of aligning at once are refused with one line.
+    unaligned = evaluate(mesh_path, bunny_dir, poses=poses_file, align_to_poses=False)
+    assert unaligned["geometry"]["chamfer"] > 1.0 and unaligned["poses"]["rotation_deg_mean"] == poses["rotation_deg_mean"]
+    alignment = tmp_path / "T.txt"
+    np.savetxt(alignment, np.eye(4))
+    assert eval_cli.main(eval_cli.EvalConfig(mesh=mesh_path, data=bunny_dir, poses=poses_file, alignment=alignment)) == 2
+    assert eval_cli.main(eval_cli.EvalConfig(mesh=mesh_path, data=bunny_dir, poses=tmp_path / "none.json")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "--no-align-to-poses" in err[0] and "none.json" in err[1]
