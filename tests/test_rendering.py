@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -140,6 +141,54 @@ def test_marcher_samples_only_occupied_cells_sorted() -> None:
     same = ri[1:] == ri[:-1]
     assert (ts[1:][same] > ts[:-1][same]).all()
     assert (te <= far[ri] + 1e-6).all() and (ts >= near[ri] - 1e-6).all()
+
+
+def test_interior_cells_lie_deeper_than_the_band_and_match_without_the_coarse_pass() -> None:
+    sdf_fn = lambda x: x.norm(dim=-1, keepdim=True) - 0.6  # noqa: E731
+    grid = OccupancyGrid(OccupancySamplerConfig(grid_resolution=32, coarse_factor=4, lipschitz_bound=1.0))
+    grid.update(sdf_fn, band=0.05)
+    centres = OccupancyGrid.cell_centres(32)
+    sdf = centres.norm(dim=-1) - 0.6
+    interior = grid.interior.view(-1)
+    margin = math.sqrt(3.0) / 32 + 0.05
+    assert interior.any() and (sdf[interior] < -margin + 1e-6).all()
+    assert not (interior & grid.binaries.view(-1)).any()  # an occupied cell is never interior
+    assert interior[sdf < -margin - 0.05].all()  # cells well inside are found (also through the coarse pass)
+    fine_only = OccupancyGrid(OccupancySamplerConfig(grid_resolution=32, coarse_factor=1, lipschitz_bound=1.0))
+    fine_only.update(sdf_fn, band=0.05)
+    assert torch.equal(fine_only.interior, grid.interior)
+
+
+def test_samples_behind_the_interior_are_cut_without_changing_the_render() -> None:
+    """Rays through the initial sphere: the far side's samples go, what is rendered stays."""
+    torch.manual_seed(0)
+    o = torch.randn(64, 3) * 0.05 + torch.tensor([0.0, 0.0, -3.0])
+    d = torch.nn.functional.normalize(torch.randn(64, 3) * 0.06 + torch.tensor([0.0, 0.0, 1.0]), dim=-1)
+    outs = {}
+    for cut in (False, True):
+        core = small_core(
+            sampler=OccupancySamplerConfig(
+                grid_resolution=32, step_size_start=2.0 / 256, step_size_end=2.0 / 256, terminate_inside=cut
+            )
+        )
+        core.update_grid()
+        core.eval()
+        outs[cut] = core.render(o, d, torch.ones(64, 1))
+        if cut:
+            near, far = sphere_near_far(o, d)
+            ri, ts, te = core.grid.march(o, d, near, far, core.step_size(), stratified=False)
+            t_cut = core.grid.first_interior(o, d, near, far)
+            assert torch.isfinite(t_cut).sum() > 32 and (ts < t_cut[ri]).all()
+            full = OccupancyGrid(dataclasses.replace(core.grid.config, terminate_inside=False))
+            full.load_state_dict(core.grid.state_dict())
+            ri_all, ts_all, _ = full.march(o, d, near, far, core.step_size(), stratified=False)
+            kept = ts_all < t_cut[ri_all]
+            assert torch.equal(ri_all[kept], ri) and torch.equal(ts_all[kept], ts)  # a prefix of every ray's samples
+    assert outs[True]["num_samples"].sum() < 0.7 * outs[False]["num_samples"].sum()  # measured 0.58
+    hit = outs[False]["accumulation"][:, 0] > 0.5
+    assert hit.sum() > 32
+    for key, tol in (("accumulation", 1e-3), ("depth", 1e-3), ("normal", 1e-3)):
+        assert (outs[True][key][hit] - outs[False][key][hit]).abs().max() < tol, key
 
 
 @pytest.mark.parametrize("case", ["miss_sphere", "empty_grid"])

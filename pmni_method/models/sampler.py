@@ -4,6 +4,11 @@ The grid (a boolean ``[R, R, R]`` over the box [-1, 1]^3, indexed ``[x, y, z]``)
 device from the SDF itself. Marching is nerfacc's ``OccGridEstimator.sampling`` on CUDA and a pure-torch
 marcher elsewhere with the same rule: fixed steps of ``step_size`` from the near plane (one random offset per
 ray when stratified), keeping the steps whose midpoint falls in an occupied cell.
+
+The rebuild also marks *interior* cells (every point deeper inside than the opacity band). Behind such a cell a
+ray's transmittance is below about ``alpha_eps``, so its later samples (the far side of the object, which would
+otherwise double the samples of every ray that crosses it) are dropped. That cut is applied after either marcher,
+so CPU and CUDA keep the same samples.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ class OccupancySamplerConfig:
     """Marcher: nerfacc on CUDA ("auto"), or the pure-torch marcher."""
     eval_chunk: int = 131072
     """Points per SDF evaluation chunk during a grid rebuild."""
+    terminate_inside: bool = True
+    """Drop a ray's samples behind the first interior cell it enters (its transmittance there is below about
+    alpha_eps): roughly halves the samples of rays that cross the whole object."""
 
 
 def sphere_near_far(
@@ -80,6 +88,8 @@ class OccupancyGrid(nn.Module):
         centres = self.cell_centres(res)
         inside = centres.norm(dim=-1) <= config.sphere_radius + math.sqrt(3.0) / res
         self.register_buffer("binaries", inside.view(res, res, res))
+        # Cells whose every point is deeper inside the surface than the opacity band (none until a rebuild).
+        self.register_buffer("interior", torch.zeros(res, res, res, dtype=torch.bool))
         self._nerfacc_estimator: Optional[nn.Module] = None
 
     @staticmethod
@@ -119,6 +129,8 @@ class OccupancyGrid(nn.Module):
             sdf_c = self._eval(sdf_fn, ccentres[keep])
             cand = torch.zeros(cres**3, dtype=torch.bool, device=device)
             cand[torch.nonzero(keep).squeeze(-1)] = sdf_c.abs() <= lip * chalf + band
+            deep_c = torch.zeros(cres**3, dtype=torch.bool, device=device)
+            deep_c[torch.nonzero(keep).squeeze(-1)] = sdf_c < -(lip * chalf + band)
             cidx = torch.nonzero(cand).squeeze(-1)
             cx, cy, cz = cidx // (cres * cres), (cidx // cres) % cres, cidx % cres
             sub = torch.arange(f, device=device)
@@ -129,14 +141,22 @@ class OccupancyGrid(nn.Module):
             flat = (fx * res + fy) * res + fz
         else:
             flat = torch.arange(res**3, device=device)
+            deep_c = None
         centres = (torch.stack([flat // (res * res), (flat // res) % res, flat % res], -1).float() + 0.5) / res * 2 - 1
         inside = centres.norm(dim=-1) <= radius_limit
         flat, centres = flat[inside], centres[inside]
         sdf = self._eval(sdf_fn, centres)
-        occ = sdf.abs() <= lip * math.sqrt(3.0) / res + band
+        margin = lip * math.sqrt(3.0) / res + band
+        occ = sdf.abs() <= margin
         binaries = torch.zeros(res**3, dtype=torch.bool, device=device)
         binaries[flat[occ]] = True
         self.binaries.copy_(binaries.view(res, res, res))
+        interior = torch.zeros(res**3, dtype=torch.bool, device=device)
+        if deep_c is not None:
+            # A coarse cell deeper than its own margin holds only interior fine cells.
+            interior = deep_c.view(cres, 1, cres, 1, cres, 1).expand(cres, f, cres, f, cres, f).reshape(-1).clone()
+        interior[flat[sdf < -margin]] = True
+        self.interior.copy_(interior.view(res, res, res))
 
     def _eval(self, sdf_fn: Callable[[Tensor], Tensor], points: Tensor) -> Tensor:
         chunk = self.config.eval_chunk
@@ -145,12 +165,44 @@ class OccupancyGrid(nn.Module):
 
     def occupied(self, points: Tensor) -> Tensor:
         """Whether each point [M, 3] lies in an occupied cell (points outside the box are not)."""
+        return self._lookup(self.binaries, points)
+
+    def in_interior(self, points: Tensor) -> Tensor:
+        """Whether each point [M, 3] lies in an interior cell (points outside the box are not)."""
+        return self._lookup(self.interior, points)
+
+    def _lookup(self, cells: Tensor, points: Tensor) -> Tensor:
         res = self.resolution
         ijk = torch.floor((points + 1.0) * 0.5 * res).long()
         inside = ((ijk >= 0) & (ijk < res)).all(dim=-1)
         ijk = ijk.clamp(0, res - 1)
         flat = (ijk[:, 0] * res + ijk[:, 1]) * res + ijk[:, 2]
-        return self.binaries.view(-1)[flat] & inside
+        return cells.view(-1)[flat] & inside
+
+    @torch.no_grad()
+    def first_interior(self, origins: Tensor, directions: Tensor, near: Tensor, far: Tensor) -> Tensor:
+        """Distance [N] at which each ray first enters an interior cell (``inf`` where it never does).
+
+        Probed every half cell: a ray that only clips the corner of an interior cell may pass unnoticed, which
+        keeps samples rather than losing any.
+        """
+        n = origins.shape[0]
+        t_hit = torch.full((n,), float("inf"), device=origins.device, dtype=origins.dtype)
+        hit = far > near
+        if n == 0 or not bool(hit.any()) or not bool(self.interior.any()):
+            return t_hit
+        rays = torch.nonzero(hit).squeeze(-1)
+        o, d, n0, f0 = origins[rays], directions[rays], near[rays], far[rays]
+        probe = 1.0 / self.resolution  # half a cell (cells are 2 / res wide)
+        steps = int(math.ceil(float((f0 - n0).max().item()) / probe)) + 1
+        k = torch.arange(steps, device=origins.device, dtype=origins.dtype)
+        t = n0[:, None] + k[None, :] * probe
+        valid = t <= f0[:, None]
+        pts = o[:, None, :] + t[..., None] * d[:, None, :]
+        deep = self.in_interior(pts.reshape(-1, 3)).view(valid.shape) & valid
+        first = torch.where(deep, t, torch.full_like(t, float("inf"))).min(dim=1).values
+        t_hit[rays] = first
+        return t_hit
 
     # ------------------------------------------------------------------ marching
     @torch.no_grad()
@@ -166,10 +218,24 @@ class OccupancyGrid(nn.Module):
         """Samples as ``(ray_indices, t_starts, t_ends)`` [S], sorted by ray then distance."""
         use_nerfacc = origins.is_cuda and self.config.backend in ("auto", "nerfacc")
         if use_nerfacc:
-            return self._march_nerfacc(origins, directions, near, far, step_size, stratified)
-        if self.config.backend == "nerfacc":
+            samples = self._march_nerfacc(origins, directions, near, far, step_size, stratified)
+        elif self.config.backend == "nerfacc":
             raise RuntimeError("the nerfacc marcher needs CUDA tensors")
-        return self._march_torch(origins, directions, near, far, step_size, stratified)
+        else:
+            samples = self._march_torch(origins, directions, near, far, step_size, stratified)
+        if self.config.terminate_inside:
+            samples = self._cut_behind_interior(samples, origins, directions, near, far)
+        return samples
+
+    def _cut_behind_interior(
+        self, samples: Tuple[Tensor, Tensor, Tensor], origins: Tensor, directions: Tensor, near: Tensor, far: Tensor
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        ray_idx, t_starts, t_ends = samples
+        if ray_idx.numel() == 0 or not bool(self.interior.any()):
+            return samples
+        t_cut = self.first_interior(origins, directions, near, far)
+        keep = t_starts < t_cut[ray_idx]
+        return ray_idx[keep], t_starts[keep], t_ends[keep]
 
     def _march_torch(
         self, origins: Tensor, directions: Tensor, near: Tensor, far: Tensor, step_size: float, stratified: bool
