@@ -84,7 +84,7 @@ def run_config(data: Path, out: Path, run: str, iterations: int, downscale: int)
     elif run.startswith("ring"):
         make_pose_free(config, "ring", NORMAL_DIR)
     if run.endswith("nomvc"):
-        schedule = config.pipeline.model.loss_schedule
+        schedule = config.pipeline.model.core.loss_schedule
         schedule.stages = tuple(dataclasses.replace(stage, mvc=0.0) for stage in schedule.stages)
     return config
 

@@ -145,7 +145,7 @@ class PMNIPipeline(VanillaPipeline):
 
     def loss_stage(self, step: int) -> Optional[Tuple[int, Dict[str, float]]]:
         """(index, loss weights) of the model's loss-schedule stage at ``step``; None if the model has no schedule."""
-        schedule = getattr(self.model.config, "loss_schedule", None)
+        schedule = getattr(getattr(self.model.config, "core", None), "loss_schedule", None)
         if schedule is None:
             return None
         stage = schedule.stage_at(step)

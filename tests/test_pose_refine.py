@@ -360,8 +360,8 @@ def test_poses_survive_checkpoints_and_reach_viewer_export_and_eval(sphere_dir: 
     model_config = config.pipeline.model
     model_config.camera_optimizer.mode = "SE3"
     model_config.camera_optimizer.recentre_on_masks = True
-    stages = model_config.loss_schedule.stages
-    model_config.loss_schedule.stages = (*stages[:-1], dataclasses.replace(stages[-1], start=0.5, mvc=1.0))
+    stages = model_config.core.loss_schedule.stages
+    model_config.core.loss_schedule.stages = (*stages[:-1], dataclasses.replace(stages[-1], start=0.5, mvc=1.0))
     run = runner.train(config)
     trained = run.trainer.pipeline
     refined = trained.model.refined_c2w()

@@ -25,9 +25,7 @@ from pmni_method.fields.sdf_field import SDFField, SDFFieldConfig
 from pmni_method.models.consistency import MultiViewConsistencyConfig, TrainingViews, consistency_loss, select_points
 from pmni_method.models.core import PMNICore, PMNICoreConfig, normal_angular_error_deg
 from pmni_method.models.pose_refine import PoseRefiner, PoseRefinerConfig
-from pmni_method.models.rendering import Backend
-from pmni_method.models.sampler import OccupancySamplerConfig
-from pmni_method.models.schedule import LossScheduleConfig, LRScheduleConfig
+from pmni_method.models.schedule import LRScheduleConfig
 from pmni_method.models.visual_hull import visual_hull_radius
 
 
@@ -39,46 +37,10 @@ class PMNIModelConfig(ModelConfig):
     """Target class to instantiate."""
     enable_collider: bool = False
     """Rays are clipped to the unit sphere by the model itself; nerfstudio's near/far collider stays off."""
-    sdf_field: SDFFieldConfig = field(default_factory=SDFFieldConfig)
-    """SDF network (hash grid + MLP); ns-export looks for this field."""
-    sampler: OccupancySamplerConfig = field(default_factory=OccupancySamplerConfig)
-    """Occupancy grid and ray marcher."""
-    loss_schedule: LossScheduleConfig = field(default_factory=LossScheduleConfig)
-    """Staged loss weights; set its total_steps to the trainer's max_num_iterations."""
-    init_variance: float = 0.3
-    """Initial value of the learned scalar v; the sharpness is s = exp(10 v)."""
-    inv_s_min: float = 10.0
-    """Floor on the sharpness s."""
-    inv_s_max: float = 4096.0
-    """Absolute ceiling on the sharpness s."""
-    inv_s_step_factor: float = 2.0
-    """Ceiling s <= factor / marching step (sharpness cannot outrun the sampling)."""
-    inv_s_floor_factor: float = 1.0
-    """Floor s >= factor / marching step (bounds the sampled band)."""
-    prune_transmittance: float = 0.0
-    """Drop samples whose estimated transmittance is below this before the differentiable pass (0 disables)."""
-    cos_anneal_end: float = 0.0
-    """Fraction of the run over which NeuS's cosine annealing goes from 0 to 1 (0: no annealing)."""
-    c2f_start_levels: int = 4
-    """Hash levels active at the start (coarse-to-fine)."""
-    c2f_end: float = 0.5
-    """Fraction of the run at which all hash levels are active."""
-    normalize_gradients: bool = True
-    """Composite unit SDF gradients into the rendered normal."""
-    normal_loss_type: Literal["l2", "l1"] = "l2"
-    """Normal loss: squared (l2) or absolute (l1) difference of world-frame normals inside the mask."""
-    mask_eps: float = 1e-3
-    """Accumulation is clamped to [eps, 1 - eps] inside the mask BCE."""
-    depth_min_pixels: int = 4
-    """A view takes part in the depth loss only with at least this many masked, valid-depth pixels in the batch."""
-    eikonal_random_points: int = 0
-    """Extra eikonal points drawn uniformly in the unit sphere each step."""
-    compositing_backend: Backend = "auto"
-    """Per-ray compositing: nerfacc on CUDA ("auto") or pure torch."""
-    background_shade: float = 0.0
-    """Grey level behind the object in the shaded rgb output."""
+    core: PMNICoreConfig = field(default_factory=PMNICoreConfig)
+    """The reconstruction model itself (SDF field, sampler, sharpness, losses and their schedule)."""
     init_radius_from_masks: bool = True
-    """Start the SDF as the sphere with the volume of the masks' visual hull (else sdf_field.sphere_init_radius)."""
+    """Start the SDF as the sphere with the volume of the masks' visual hull (else core.sdf_field.sphere_init_radius)."""
     camera_optimizer: PoseRefinerConfig = field(default_factory=PoseRefinerConfig)
     """Pose refinement (param group camera_opt): a left-applied SE(3) correction per training camera, one camera
     frozen; off by default (mode SE3 turns it on)."""
@@ -88,17 +50,15 @@ class PMNIModelConfig(ModelConfig):
     consistency: MultiViewConsistencyConfig = field(default_factory=MultiViewConsistencyConfig)
     """Multi-view normal consistency (mvc_loss); its weight per stage is in loss_schedule."""
 
-    def core_config(self) -> PMNICoreConfig:
-        """The nerfstudio-free configuration these fields describe."""
-        names = [f.name for f in dataclasses.fields(PMNICoreConfig)]
-        return PMNICoreConfig(**{name: getattr(self, name) for name in names})
+    @property
+    def sdf_field(self) -> SDFFieldConfig:
+        """The SDF network's config (``ns-export marching-cubes`` requires a model config with this attribute)."""
+        return self.core.sdf_field
 
     @classmethod
     def from_core(cls, core: PMNICoreConfig, **overrides: Any) -> "PMNIModelConfig":
-        """A model config carrying every field of a core config (plus nerfstudio-side ``overrides``)."""
-        values = {f.name: getattr(core, f.name) for f in dataclasses.fields(PMNICoreConfig)}
-        values.update(overrides)
-        return cls(**values)
+        """A model config around a core config (plus nerfstudio-side ``overrides``)."""
+        return cls(core=core, **overrides)
 
 
 class PMNIModel(Model):
@@ -116,12 +76,19 @@ class PMNIModel(Model):
         if not self.config.init_radius_from_masks or data is None:
             return
         radius = visual_hull_radius(data.K, data.c2w, data.masks)
-        self.config.sdf_field.sphere_init_radius = float(np.clip(radius, 0.2, 0.95))
+        self.config.core.sdf_field.sphere_init_radius = float(np.clip(radius, 0.2, 0.95))
 
     def populate_modules(self) -> None:
         super().populate_modules()
         self._size_initial_sphere()
-        self.core = PMNICore(self.config.core_config())
+        core_config = self.config.core
+        device = self.kwargs.get("device")
+        if core_config.sdf_field.implementation == "auto" and device is not None and torch.device(device).type != "cuda":
+            # tcnn may be importable on a CUDA machine that trains on CPU: "auto" means tcnn only where it runs.
+            core_config = dataclasses.replace(
+                core_config, sdf_field=dataclasses.replace(core_config.sdf_field, implementation="torch")
+            )
+        self.core = PMNICore(core_config)
         # Used by nerfstudio's texture export (get_rgba_image): our rgb is already composited over a fixed grey.
         self.renderer_rgb = RGBRenderer(background_color="black")
         data = self.training_data
@@ -136,7 +103,7 @@ class PMNIModel(Model):
             self.config.normal_targets_follow_poses == "auto" and data is not None and data.normal_space == "camera"
         )
         self.has_mvc_views = False
-        if data is not None and any(stage.mvc > 0 for stage in self.config.loss_schedule.stages):
+        if data is not None and any(stage.mvc > 0 for stage in self.config.core.loss_schedule.stages):
             views = TrainingViews.from_data(data)
             # Buffers (not saved) so that the views follow the model to its device.
             self.register_buffer("mvc_normals", views.normals, persistent=False)
