@@ -12,11 +12,12 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Type
+from typing import Any, Dict, List, Literal, Optional, Tuple, Type
 
 import numpy as np
 import torch
 import yaml
+from torch import Tensor
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
@@ -147,7 +148,7 @@ def sync_run_length(config: TrainerConfig) -> None:
     keep their proportions rather than stop half-way through.
     """
     total = int(config.max_num_iterations)
-    schedule = getattr(config.pipeline.model, "loss_schedule", None)
+    schedule = getattr(getattr(config.pipeline.model, "core", None), "loss_schedule", None)
     if schedule is not None:
         # The model derives every other step-based schedule (coarse-to-fine, marching step) from this one.
         schedule.total_steps = total
@@ -262,6 +263,16 @@ class PMNITrainer(Trainer):
         # a resumed run draws the same rays and stratified offsets as an uninterrupted one.
         if rng is not None:
             restore_rng_state(rng, self.pipeline.datamanager)
+
+    def train_iteration(self, step: int) -> Tuple[Tensor, Dict[str, Tensor], Dict[str, Tensor]]:
+        loss, loss_dict, metrics_dict = super().train_iteration(step)
+        # The trainer logs these with float(); after backward they are only numbers, so hand them over detached
+        # (no "requires_grad=True to a scalar" warning, and the step's graph is not kept alive by the logger).
+        return (
+            loss.detach(),
+            {k: v.detach() for k, v in loss_dict.items()},
+            {k: (v.detach() if isinstance(v, Tensor) else v) for k, v in metrics_dict.items()},
+        )
 
     def save_checkpoint(self, step: int) -> Optional[Path]:
         """Write to a temporary file beside the checkpoint folder, fsync, then rename: never a half-written .ckpt.
