@@ -152,3 +152,21 @@ def test_coarse_to_fine_masks_the_right_levels() -> None:
         field.encoding.table[first_masked_row:] += 10.0
     torch.testing.assert_close(field.sdf(x).detach(), before)
     assert enc_full.shape[1] == 12
+
+
+def test_auto_backend_is_torch_when_the_model_trains_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CUDA machine with tiny-cuda-nn installed may still train on CPU: "auto" must not pick tcnn there."""
+    from nerfstudio.data.scene_box import SceneBox
+
+    from pmni_method.fields import hash_encoding
+    from pmni_method.models.presets import model_config
+
+    monkeypatch.setattr(hash_encoding, "_tcnn_available", lambda: True)
+    config = model_config("pmni-fast")
+    config.core.sdf_field.num_levels = 2
+    config.core.sdf_field.log2_hashmap_size = 10
+    assert config.core.sdf_field.implementation == "auto"
+    box = SceneBox(aabb=torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]))
+    model = config.setup(scene_box=box, num_train_data=1, metadata={}, device="cpu")
+    assert model.field.encoding.implementation == "torch"
+    assert model.field.encoding.tcnn_encoding is None
