@@ -462,3 +462,19 @@ def test_pmni_eval_poses_undo_a_similarity(bunny_dir: Path, tmp_path: Path, caps
     assert eval_cli.main(eval_cli.EvalConfig(mesh=mesh_path, data=bunny_dir, poses=tmp_path / "none.json")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "--no-align-to-poses" in err[0] and "none.json" in err[1]
+
+
+def test_pose_free_flag_set_turns_consistency_on_wherever_normals_train() -> None:
+    from pmni_method.models.presets import make_pose_free
+    from pmni_method.pmni_config import trainer_config
+
+    for name in ("pmni-fast", "pmni"):
+        config = make_pose_free(trainer_config(name), "ring")
+        assert config.pipeline.model.camera_optimizer.mode == "SE3"
+        assert config.pipeline.datamanager.dataparser.pose_init == "ring"
+        stages = config.pipeline.model.core.loss_schedule.stages
+        assert all(stage.mvc >= 1.0 for stage in stages if stage.normal > 0), stages
+        assert all(stage.mvc == 0.0 for stage in stages if stage.normal == 0), stages
+    # The calibrated presets keep the consistency term for their last stage only.
+    calibrated = trainer_config("pmni-fast").pipeline.model.core.loss_schedule.stages
+    assert [stage.mvc > 0 for stage in calibrated] == [False, False, True]
