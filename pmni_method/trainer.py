@@ -159,15 +159,19 @@ def sync_run_length(config: TrainerConfig) -> None:
 
 
 def find_resumable_run(config: TrainerConfig) -> Optional[Path]:
-    """The newest run folder of this experiment/method holding a checkpoint, other than the current one."""
+    """The newest run folder of this experiment/method holding a checkpoint.
+
+    The folder ns-train has just created for this command holds no checkpoint and so is never picked, unless it is
+    the interrupted run itself: timestamps have one-second resolution, and a run restarted within the second it
+    crashed in gets the same folder name.
+    """
     method_dir = Path(config.output_dir) / config.experiment_name / config.method_name
     if not method_dir.is_dir():
         return None
-    current = config.get_base_dir().resolve()
     runs = [
         d
         for d in sorted(method_dir.iterdir(), reverse=True)
-        if d.is_dir() and d.resolve() != current and checkpoint_steps(d / config.relative_model_dir)
+        if d.is_dir() and checkpoint_steps(d / config.relative_model_dir)
     ]
     return runs[0] if runs else None
 

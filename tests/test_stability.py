@@ -339,7 +339,16 @@ class Interrupt(Exception):
     """Stands in for a crash right after a checkpoint."""
 
 
-def test_resume_is_bit_identical_to_an_uninterrupted_run(sphere_dir: Path, tmp_path: Path):
+@pytest.mark.parametrize("same_second", [False, True])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(
+    sphere_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, same_second: bool
+):
+    if same_second:
+        # A run restarted within the second it crashed in gets the crashed run's folder name.
+        from nerfstudio.engine.trainer import TrainerConfig
+
+        monkeypatch.setattr(TrainerConfig, "set_timestamp", lambda self: setattr(self, "timestamp", "2026-01-01_000000"))
+
     def config(output: Path):
         cfg = tiny_config(sphere_dir, output, iterations=10)
         cfg.steps_per_save = 5
