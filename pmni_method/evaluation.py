@@ -20,7 +20,6 @@ Nothing here imports nerfstudio: the evaluator runs on meshes and arrays only.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from scipy.spatial import cKDTree
 from pmni_method.cameras import pixel_rays
 from pmni_method.data.diligent_mv import load_diligent_mv
 from pmni_method.data.types import PMNIDataError
-from pmni_method.poses import load_poses_file, pose_errors
+from pmni_method.poses import pose_errors, read_poses_file
 
 NormalType = Literal["interpolated", "face"]
 
@@ -388,45 +387,24 @@ def apply_alignment(mesh: trimesh.Trimesh, alignment: Optional[np.ndarray]) -> t
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def pose_file_view_ids(path: Path, dataset_view_ids: Sequence[int]) -> List[int]:
-    """View ids a pose file covers: JSON ``view`` entries, npz ``world_mat_<i>`` keys, else every dataset view."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".json":
-        try:
-            entries = json.loads(path.read_text())
-            return [int(e["view"]) for e in entries]
-        except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError):
-            return list(dataset_view_ids)  # load_poses_file names the actual problem
-    if suffix == ".npz":
-        try:
-            with np.load(path) as arrays:
-                keys = list(arrays.keys())
-        except Exception:  # numpy raises OSError / ValueError / BadZipFile on unreadable files
-            return list(dataset_view_ids)
-        ids = sorted(int(k[len("world_mat_"):]) for k in keys if k.startswith("world_mat_") and k[10:].isdigit())
-        return ids or list(dataset_view_ids)
-    return list(dataset_view_ids)
-
-
 def evaluate_poses(
     poses_path: Path | str, true_c2w_world: np.ndarray, dataset_view_ids: Sequence[int]
 ) -> Dict[str, Any]:
     """Errors of the poses in ``poses_path`` against the true world-unit OpenCV poses (one per dataset view).
 
     The file may hold any subset of the views (e.g. pmni-export's training views) in any format
-    :func:`pmni_method.poses.load_poses_file` reads, in any frame and unit: the similarity alignment of the camera
+    :func:`pmni_method.poses.read_poses_file` reads, in any frame and unit: the similarity alignment of the camera
     centres absorbs both, and errors come out in the dataset's world units. Keys are those of
     :func:`pmni_method.poses.pose_errors` plus ``view_ids`` and ``poses_file``; ``alignment`` maps the estimate's
     frame onto the true one (apply it to a mesh that lives in the estimate's frame).
     """
     poses_path = Path(poses_path)
     dataset_view_ids = [int(v) for v in dataset_view_ids]
-    ids = pose_file_view_ids(poses_path, dataset_view_ids)
+    # Keyed files (npz, JSON) name their views; plain arrays hold one pose per dataset view.
+    ids, estimated = read_poses_file(poses_path, ordered_view_ids=dataset_view_ids)
     unknown = sorted(set(ids) - set(dataset_view_ids))
     if unknown:
         raise EvaluationInputError(f"{poses_path}: views {unknown} are not in the dataset (has {dataset_view_ids})")
-    estimated = load_poses_file(poses_path, view_ids=ids)
     true = np.asarray(true_c2w_world, dtype=np.float64)[[dataset_view_ids.index(v) for v in ids]]
     try:
         errors = pose_errors(estimated, true)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Literal, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -278,6 +278,53 @@ def _read_json_poses(path: Path) -> Dict[int, np.ndarray]:
     return poses
 
 
+def read_poses_file(
+    path: Union[Path, str],
+    normalisation: Optional[cameras.Normalisation] = None,
+    ordered_view_ids: Optional[Sequence[int]] = None,
+) -> Tuple[Optional[List[int]], np.ndarray]:
+    """Every pose in a pose file (formats and frames as in :func:`load_poses_file`) with the view id of each.
+
+    Returns ``(view_ids, c2w)``: the ids the file names (npz keys in ascending order, JSON entries in file order), or
+    for plain arrays ``ordered_view_ids`` (their count must match the file's) or None when not given.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise _file_error(path, "poses file not found" if not path.exists() else "not a regular file")
+    suffix = path.suffix.lower()
+    normalised = False
+    if suffix == ".npz":
+        by_view, normalised = _read_npz_poses(path)
+    elif suffix == ".json":
+        by_view = _read_json_poses(path)
+    elif suffix in (".npy", ".txt"):
+        try:
+            raw = np.load(path, allow_pickle=False) if suffix == ".npy" else np.loadtxt(path, ndmin=2)
+        except Exception as e:  # numpy raises ValueError / OSError / UnpicklingError on bad files
+            detail = " ".join(str(e).split())
+            raise _file_error(path, f"cannot read {suffix} array ({type(e).__name__}: {detail})") from None
+        stack = _stack_to_matrices(path, raw)
+        ordered = np.stack([_as_c2w(path, f"pose {k}", m) for k, m in enumerate(stack)])
+        if ordered_view_ids is not None and len(ordered) != len(ordered_view_ids):
+            raise _file_error(
+                path,
+                f"{len(ordered)} poses but the dataset has {len(ordered_view_ids)} views (one pose per view, in order)",
+            )
+        by_view = None
+    else:
+        raise _file_error(path, f"unknown poses file type {suffix or '(none)'}; expected .npz, .npy, .txt or .json")
+
+    if by_view is not None:
+        ids: Optional[List[int]] = list(by_view)
+        c2w = np.stack(list(by_view.values()))
+    else:
+        ids = None if ordered_view_ids is None else [int(v) for v in ordered_view_ids]
+        c2w = ordered
+    if normalisation is not None and not normalised:
+        c2w = normalisation.c2w_to_normalised(c2w)
+    return ids, c2w
+
+
 def load_poses_file(
     path: Union[Path, str],
     view_ids: Optional[Sequence[int]] = None,
@@ -303,44 +350,15 @@ def load_poses_file(
     ``view_ids`` selects and orders the poses (ids from the npz keys / JSON ``view``; for plain arrays the count must
     match). Raises :class:`PMNIDataError` with one line, ``"<path>: <problem>"``, on a bad file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise _file_error(path, "poses file not found" if not path.exists() else "not a regular file")
-    suffix = path.suffix.lower()
-    normalised = False
-    by_view: Optional[Dict[int, np.ndarray]] = None
-    ordered: Optional[np.ndarray] = None
-    if suffix == ".npz":
-        by_view, normalised = _read_npz_poses(path)
-    elif suffix == ".json":
-        by_view = _read_json_poses(path)
-    elif suffix in (".npy", ".txt"):
-        try:
-            raw = np.load(path, allow_pickle=False) if suffix == ".npy" else np.loadtxt(path, ndmin=2)
-        except Exception as e:  # numpy raises ValueError / OSError / UnpicklingError on bad files
-            detail = " ".join(str(e).split())
-            raise _file_error(path, f"cannot read {suffix} array ({type(e).__name__}: {detail})") from None
-        stack = _stack_to_matrices(path, raw)
-        ordered = np.stack([_as_c2w(path, f"pose {k}", m) for k, m in enumerate(stack)])
-    else:
-        raise _file_error(path, f"unknown poses file type {suffix or '(none)'}; expected .npz, .npy, .txt or .json")
-
-    if by_view is not None:
-        wanted = sorted(by_view) if view_ids is None else [int(v) for v in view_ids]
-        missing = [v for v in wanted if v not in by_view]
-        if missing:
-            raise _file_error(path, f"no pose for views {missing} (file has views {sorted(by_view)})")
-        c2w = np.stack([by_view[v] for v in wanted])
-    else:
-        assert ordered is not None
-        if view_ids is not None and len(ordered) != len(view_ids):
-            raise _file_error(
-                path, f"{len(ordered)} poses but the dataset has {len(view_ids)} views (one pose per view, in order)"
-            )
-        c2w = ordered
-    if normalisation is not None and not normalised:
-        c2w = normalisation.c2w_to_normalised(c2w)
-    return c2w
+    ids, c2w = read_poses_file(path, normalisation, ordered_view_ids=view_ids)
+    if ids is None:
+        return c2w
+    index = {v: k for k, v in enumerate(ids)}
+    wanted = sorted(ids) if view_ids is None else [int(v) for v in view_ids]
+    missing = [v for v in wanted if v not in index]
+    if missing:
+        raise _file_error(Path(path), f"no pose for views {missing} (file has views {sorted(ids)})")
+    return c2w[[index[v] for v in wanted]]
 
 
 # --------------------------------------------------------------------------------------------------------------------
