@@ -189,7 +189,7 @@ class OccupancyGrid(nn.Module):
         n = origins.shape[0]
         t_hit = torch.full((n,), float("inf"), device=origins.device, dtype=origins.dtype)
         hit = far > near
-        if n == 0 or not bool(hit.any()) or not bool(self.interior.any()):
+        if n == 0 or not bool(hit.any()):
             return t_hit
         rays = torch.nonzero(hit).squeeze(-1)
         o, d, n0, f0 = origins[rays], directions[rays], near[rays], far[rays]

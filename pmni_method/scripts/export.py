@@ -151,8 +151,11 @@ def main(config: ExportConfig) -> int:
             raise _BadInput(f"--chunk {config.chunk}: must be positive")
         if not config.bounds[0] < config.bounds[1]:
             raise _BadInput(f"--bounds {config.bounds}: expected LOW HIGH with LOW < HIGH")
-        if config.write_poses and (config.poses_output or poses_path_for(config.output)).is_dir():
-            raise _BadInput(f"{config.poses_output or poses_path_for(config.output)}: poses output is a folder")
+        poses_output: Optional[Path] = None
+        if config.write_poses:
+            poses_output = config.poses_output or poses_path_for(config.output)
+        if poses_output is not None and poses_output.is_dir():
+            raise _BadInput(f"{poses_output}: poses output is a folder")
 
         pipeline = load_pipeline(config.load_config)
         import torch
@@ -199,9 +202,7 @@ def main(config: ExportConfig) -> int:
             write_mesh_atomic(mesh, config.output)
         except OSError as e:
             raise _BadInput(f"{config.output}: cannot write mesh ({e.strerror or e})")
-        poses_output: Optional[Path] = None
-        if config.write_poses:
-            poses_output = config.poses_output or poses_path_for(config.output)
+        if poses_output is not None:
             try:
                 view_ids, c2w_world, refined = run_poses(pipeline)
             except (AttributeError, KeyError, TypeError) as e:
