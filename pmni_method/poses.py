@@ -523,7 +523,8 @@ def pose_errors(c2w_est: np.ndarray, c2w_gt: np.ndarray) -> Dict[str, Any]:
 
     Keys: ``rotation_deg`` / ``translation`` / ``translation_relative`` (per-view lists), their ``_mean`` and
     ``_median``; ``translation`` is the camera-centre distance, ``translation_relative`` that over ``orbit_radius``
-    (mean distance of the true centres from their centroid); ``alignment`` is the 4x4 similarity (list of lists) that
+    (mean distance of the true centres from their centroid); ``relative_rotation_deg_mean`` is the mean error of the
+    relative rotations of all camera pairs (independent of the alignment); ``alignment`` is the 4x4 similarity (list of lists) that
     maps the estimate's frame onto the true one, to apply to a reconstruction before geometry metrics.
     """
     aligned, T = align_cameras(c2w_est, c2w_gt)
@@ -540,8 +541,16 @@ def pose_errors(c2w_est: np.ndarray, c2w_gt: np.ndarray) -> Dict[str, Any]:
             f"{name}_median": float(np.median(values)),
         }
 
+    # Gauge-free: the angle between estimated and true relative rotations R_i^T R_j over all pairs, which no choice
+    # of alignment can shift.
+    R_est = np.asarray(c2w_est, dtype=np.float64)[:, :3, :3]
+    i, j = np.triu_indices(len(R_est), k=1)
+    relative = rotation_errors_deg(
+        np.swapaxes(R_est[i], -1, -2) @ R_est[j], np.swapaxes(gt[i, :3, :3], -1, -2) @ gt[j, :3, :3]
+    )
     return {
         **summary("rotation_deg", rot),
+        "relative_rotation_deg_mean": float(relative.mean()) if len(relative) else 0.0,
         **summary("translation", trans),
         **summary("translation_relative", rel),
         "orbit_radius": radius,

@@ -211,6 +211,25 @@ def test_alignment_parameter_undoes_known_similarity():
     print_metrics(aligned)
 
 
+def test_icp_refinement_removes_a_small_alignment_error_but_keeps_the_primary_metrics():
+    gt = _asymmetric_mesh()
+    c2w = ring_poses(8, 4.0, elevation_deg=20.0)
+    normals, masks = render_normal_maps(gt, K, c2w, H, W)
+    # A camera-based alignment that is slightly off: 3 degrees, a shift and a 2 % scale error.
+    off = similarity_matrix(1.02, Rotation.from_rotvec([0.0, 0.0, np.radians(3.0)]).as_matrix(), np.array([0.03, -0.02, 0.01]))
+    m = evaluate_arrays(gt, gt, K, c2w, masks, normals, threshold=1e-3, alignment=off, refine_alignment=True)
+    refined = m["refined_alignment"]
+    assert m["geometry"]["chamfer"] > 0.01  # the primary metrics keep the alignment as given
+    assert refined["geometry"]["chamfer"] < 1e-3 * m["geometry"]["chamfer"], refined["geometry"]
+    assert refined["normals"]["all"]["mae_deg"] < 0.05
+    assert refined["icp_rotation_deg"] == pytest.approx(3.0, abs=0.01)
+    assert refined["icp_scale"] == pytest.approx(1 / 1.02, rel=1e-4)
+    np.testing.assert_allclose(np.asarray(refined["icp"]) @ off, np.eye(4), atol=1e-4)
+    assert "refined_alignment" not in evaluate_arrays(gt, gt, K, c2w, masks, normals, threshold=1e-3)
+    json.dumps(m, allow_nan=False)
+    print_metrics(m)
+
+
 def test_c2w_to_world_inverts_c2w_to_normalised():
     s, R, t = _random_similarity(4)
     norm = Normalisation(similarity_matrix(s, R, t))

@@ -220,6 +220,7 @@ def test_pose_errors_undo_a_similarity(seed: int) -> None:
     est = _apply_similarity(gt, s, R, t)
     errors = pose_errors(est, gt)
     assert errors["rotation_deg_mean"] < 1e-6 and max(errors["rotation_deg"]) < 1e-6
+    assert errors["relative_rotation_deg_mean"] < 1e-6
     assert errors["translation_mean"] < 1e-9 and errors["translation_relative_median"] < 1e-9
     assert len(errors["translation"]) == 8
     # The alignment is the inverse similarity: applying it to the estimate gives back the truth.
@@ -247,6 +248,10 @@ def test_pose_errors_measure_noise_and_reject_degenerate_rigs() -> None:
     errors = pose_errors(noisy, gt)
     np.testing.assert_allclose(errors["rotation_deg"], 3.0, atol=1e-6)
     np.testing.assert_allclose(errors["orbit_radius"], 3.0 * np.cos(np.radians(10.0)))
+    # One camera of 16 turned by 3 degrees: it takes part in 15 of the 120 view pairs, each off by 3 degrees.
+    one = gt.copy()
+    one[5] = perturb_poses(gt[5:6], 3.0, 0.0, seed=1, distribution="fixed")[0]
+    np.testing.assert_allclose(pose_errors(one, gt)["relative_rotation_deg_mean"], 3.0 * 15 / 120, atol=1e-6)
     line = np.tile(np.eye(4), (4, 1, 1))
     line[:, :3, 3] = np.outer(np.arange(4.0), [1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match="collinear"):

@@ -42,6 +42,9 @@ class EvalConfig:
     translation errors per view after a similarity alignment of the camera centres to the true ones."""
     align_to_poses: bool = True
     """With --poses: measure the geometry after that same alignment (a pose-free run lives in its own frame)."""
+    refine_alignment: Optional[bool] = None
+    """Also report the metrics after an ICP similarity refining the alignment (the shape's own error, apart from
+    the camera-based alignment's); default: whenever the mesh is aligned."""
 
 
 class _BadInput(Exception):
@@ -91,6 +94,7 @@ def main(config: EvalConfig) -> int:
             downscale_factor=config.downscale_factor,
             poses=config.poses,
             align_to_poses=config.align_to_poses,
+            refine_alignment=config.refine_alignment,
         )
         print_metrics(metrics)
         if config.output is not None:
