@@ -9,6 +9,7 @@ from typing import List, Tuple
 
 import numpy as np
 import torch
+from scipy.spatial.transform import Rotation
 from torch import Tensor, nn
 
 from pmni_method import cameras
@@ -362,7 +363,13 @@ def test_poses_survive_checkpoints_and_reach_viewer_export_and_eval(sphere_dir: 
     model_config.camera_optimizer.recentre_on_masks = True
     stages = model_config.core.loss_schedule.stages
     model_config.core.loss_schedule.stages = (*stages[:-1], dataclasses.replace(stages[-1], start=0.5, mvc=1.0))
+    from pmni_method.models.pose_polish import PosePolishConfig
+
+    model_config.pose_polish = PosePolishConfig(at=(0.5,), pixels_per_view=64, iterations=1)
     run = runner.train(config)
+    polisher = run.trainer.pipeline.model.pose_polisher
+    assert polisher is not None and polisher.steps == [2] and len(polisher.history) == 1  # ran once, mid-run
+    assert polisher.history[0]["cameras"] == 6  # 7 training views, one frozen
     trained = run.trainer.pipeline
     refined = trained.model.refined_c2w()
     data = trained.datamanager.train_dataset.data
@@ -478,3 +485,40 @@ def test_pose_free_flag_set_turns_consistency_on_wherever_normals_train() -> Non
     # The calibrated presets keep the consistency term for their last stage only.
     calibrated = trainer_config("pmni-fast").pipeline.model.core.loss_schedule.stages
     assert [stage.mvc > 0 for stage in calibrated] == [False, False, True]
+
+
+def test_pose_polish_recovers_orbit_and_pointing_errors_against_a_fixed_surface() -> None:
+    from pmni_method.models.pose_polish import PosePolishConfig
+
+    truth = box_dataset(num_views=4)
+    init = truth.c2w.copy()
+    # Camera 1 turns 3 degrees about its own centre and moves 2 % of its distance; camera 2 turns 2 degrees about
+    # the object (an orbit error: its silhouette barely changes, only the normals it sees turn).
+    init[1] = perturb_poses(truth.c2w[1:2], 3.0, 0.02, seed=1, reference_radius=3.0, distribution="fixed")[0]
+    orbit = np.eye(4)
+    orbit[:3, :3] = Rotation.from_rotvec([0.0, np.radians(2.0), 0.0]).as_matrix()
+    init[2] = orbit @ init[2]
+    data = with_initial_poses(truth, init)
+    core = frozen_geometry_core()
+    core.eval()
+    refiner = PoseRefinerConfig(mode="SE3", frozen_camera=0).setup(
+        num_cameras=data.num_views, device="cpu", c2w_init=data.c2w
+    )
+    polisher = PosePolishConfig(at=(1.0,), pixels_per_view=600, iterations=8).setup(data=data, total_steps=10)
+    assert polisher.due(9) and not polisher.due(8)
+
+    def render(o: Tensor, d: Tensor, dn: Tensor) -> Tuple[Tensor, Tensor]:
+        out = core.render(o, d, dn)
+        return out["normal"], out["accumulation"]
+
+    before = rotation_errors_deg(init, truth.c2w)
+    stats = polisher.polish(refiner, render, seed=0)
+    after = rotation_errors_deg(refiner.refined_c2w(), truth.c2w)
+    centre_error = np.linalg.norm(refiner.refined_c2w()[:, :3, 3] - truth.c2w[:, :3, 3], axis=-1) / 3.0
+    assert stats["cameras"] == 3 and stats["residual_after"] < stats["residual_before"]
+    # Measured: 3 and 2 degrees -> 0.2-0.3 degrees (NeuS renders the exact box with a bias of about that size);
+    # camera 3, already right, stays within 0.2 degrees. Adam (test above) reaches 0.45-0.9 from 3.
+    assert after[[1, 2]].max() < 0.5, (before, after)
+    assert after[3] < 0.3, (before, after)
+    assert centre_error.max() < 0.01, centre_error
+    assert torch.equal(refiner.left_transforms()[0], torch.eye(4))  # the gauge camera never moves

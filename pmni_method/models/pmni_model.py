@@ -19,11 +19,13 @@ from nerfstudio.engine.schedulers import Scheduler, SchedulerConfig
 from nerfstudio.model_components.renderers import RGBRenderer
 from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils import colormaps
+from nerfstudio.utils.rich_utils import CONSOLE
 
 from pmni_method.data.types import MultiViewNormalData
 from pmni_method.fields.sdf_field import SDFField, SDFFieldConfig
 from pmni_method.models.consistency import MultiViewConsistencyConfig, TrainingViews, consistency_loss, select_points
 from pmni_method.models.core import PMNICore, PMNICoreConfig, normal_angular_error_deg
+from pmni_method.models.pose_polish import PosePolishConfig, PosePolisher
 from pmni_method.models.pose_refine import PoseRefiner, PoseRefinerConfig
 from pmni_method.models.schedule import LRScheduleConfig
 from pmni_method.models.visual_hull import visual_hull_radius
@@ -49,6 +51,9 @@ class PMNIModelConfig(ModelConfig):
     (world-space maps live in the true world frame, whatever the poses)."""
     consistency: MultiViewConsistencyConfig = field(default_factory=MultiViewConsistencyConfig)
     """Multi-view normal consistency (mvc_loss); its weight per stage is in loss_schedule."""
+    pose_polish: PosePolishConfig = field(default_factory=PosePolishConfig)
+    """Levenberg-Marquardt pose polish against the frozen surface at a few points of the run (with pose
+    refinement only; off unless pose_polish.at lists run fractions)."""
 
     @property
     def sdf_field(self) -> SDFFieldConfig:
@@ -111,6 +116,11 @@ class PMNIModel(Model):
             self.register_buffer("mvc_K", views.K, persistent=False)
             self.register_buffer("mvc_c2w", torch.as_tensor(data.c2w, dtype=torch.float32), persistent=False)
             self.has_mvc_views = True
+        self.pose_polisher: Optional[PosePolisher] = None
+        # getattr: configs saved before pose polish existed load without the field.
+        polish = getattr(self.config, "pose_polish", None)
+        if self.pose_refinement and data is not None and polish is not None and polish.at:
+            self.pose_polisher = polish.setup(data=data, total_steps=self.core.total_steps)
 
     @property
     def training_data(self) -> Optional[MultiViewNormalData]:
@@ -140,13 +150,51 @@ class PMNIModel(Model):
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
         # Sets the step (coarse-to-fine levels, marching step, sharpness bounds, loss stage) and rebuilds the
         # occupancy grid every sampler.update_every steps, before the step's rays are rendered.
-        return [
+        callbacks = [
             TrainingCallback(
                 where_to_run=[TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],
                 func=self.core.before_train_step,
                 update_every_num_iters=1,
             )
         ]
+        if self.pose_polisher is not None:
+            optimizers = training_callback_attributes.optimizers
+            callbacks.append(
+                TrainingCallback(
+                    where_to_run=[TrainingCallbackLocation.AFTER_TRAIN_ITERATION],
+                    func=self.polish_poses,
+                    kwargs={"optimizers": optimizers},
+                )
+            )
+        return callbacks
+
+    def polish_poses(self, step: int, optimizers: Any = None, force: bool = False) -> Optional[Dict[str, float]]:
+        """Run the pose polish if one is due after ``step`` (or ``force``); returns its statistics."""
+        if self.pose_polisher is None or not (force or self.pose_polisher.due(step)):
+            return None
+        was_training = self.core.training
+        # Deterministic rendering: finite differences of stratified samples would measure sampling noise.
+        self.core.eval()
+
+        def render(origins: Tensor, directions: Tensor, dnorm: Tensor) -> Tuple[Tensor, Tensor]:
+            out = self.core.render(origins, directions, dnorm)
+            return out["normal"], out["accumulation"]
+
+        try:
+            stats = self.pose_polisher.polish(self.camera_optimizer, render, seed=step)
+        finally:
+            self.core.train(was_training)
+        opt = None if optimizers is None else optimizers.optimizers.get("camera_opt")
+        if opt is not None:
+            # Adam's moments point along the path the poses were on before the jump; left alone they would push
+            # the polished poses back for a few dozen steps.
+            opt.state.clear()
+        CONSOLE.log(
+            f"pose polish after step {step}: {int(stats['cameras'])} cameras, residual "
+            f"{stats['residual_before']:.4g} -> {stats['residual_after']:.4g}, rotation change mean "
+            f"{stats['rotation_change_deg_mean']:.3f} deg, max {stats['rotation_change_deg_max']:.3f} deg"
+        )
+        return stats
 
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Any]:
         shape = ray_bundle.origins.shape[:-1]

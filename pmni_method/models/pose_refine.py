@@ -200,6 +200,16 @@ class PoseRefiner(CameraOptimizer):
         L = se3_matrices(xi * free) @ start
         return torch.where(free[..., None] > 0, L, start)
 
+    @torch.no_grad()
+    def set_left_transform(self, index: int, L: Tensor) -> None:
+        """Set camera ``index``'s correction so that its left transform becomes the rigid ``L`` (4x4); the frozen
+        camera is left alone. Used by solvers that move poses outside the optimiser (pose polish)."""
+        if not self.enabled or float(self.free[index]) == 0.0:
+            return
+        M = L.double().to(self.start.device) @ torch.linalg.inv(self.start[index].double())
+        xi = pp.mat2SE3(M, check=False).Log().as_subclass(torch.Tensor) / self.xi_scale.double()
+        self.xi.data[index] = xi.to(self.xi.dtype)
+
     def current_c2w(self, indices: Optional[Tensor] = None) -> Float[Tensor, "n 4 4"]:
         """Current OpenCV camera-to-worlds (normalised frame) of the given training cameras, differentiable."""
         c2w = self.c2w_init if indices is None else self.c2w_init[indices.reshape(-1).long().to(self.c2w_init.device)]
