@@ -516,8 +516,9 @@ def test_pose_polish_recovers_orbit_and_pointing_errors_against_a_fixed_surface(
     after = rotation_errors_deg(refiner.refined_c2w(), truth.c2w)
     centre_error = np.linalg.norm(refiner.refined_c2w()[:, :3, 3] - truth.c2w[:, :3, 3], axis=-1) / 3.0
     assert stats["cameras"] == 3 and stats["residual_after"] < stats["residual_before"]
-    # Measured: 3 and 2 degrees -> 0.2-0.3 degrees (NeuS renders the exact box with a bias of about that size);
-    # camera 3, already right, stays within 0.2 degrees. Adam (test above) reaches 0.45-0.9 from 3.
+    # Measured: 3 and 2 degrees -> 0.20 and 0.38 degrees (NeuS renders the exact box with a bias of about that
+    # size); camera 3, already right, ends at 0.17; centres within 0.7 % of the distance. Adam (test above) reaches
+    # 0.45-0.9 from 3.
     assert after[[1, 2]].max() < 0.5, (before, after)
     assert after[3] < 0.3, (before, after)
     assert centre_error.max() < 0.01, centre_error
