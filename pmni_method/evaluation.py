@@ -32,7 +32,7 @@ from scipy.spatial import cKDTree
 from pmni_method.cameras import pixel_rays
 from pmni_method.data.diligent_mv import load_diligent_mv
 from pmni_method.data.types import PMNIDataError
-from pmni_method.poses import pose_errors, read_poses_file, similarity_matrix, umeyama
+from pmni_method.poses import pose_errors, read_poses_file, rotation_errors_deg, similarity_matrix
 
 NormalType = Literal["interpolated", "face"]
 
@@ -453,8 +453,8 @@ def evaluate_arrays(
     """All metrics from meshes and per-view arrays, everything in world units and world-frame OpenCV cameras.
 
     ``alignment`` (4x4 similarity, world frame) is applied to ``pred_mesh`` before anything is measured. With
-    ``refine_alignment`` the metrics are also reported (under ``refined_alignment``) after an ICP similarity of the
-    aligned mesh's visible surface onto the true one: the shape's own error, without the alignment's.
+    ``refine_alignment`` the metrics are also reported (under ``refined_alignment``) after an ICP similarity
+    (:func:`icp_similarity`) of the aligned mesh onto the true one: the shape's own error, without the alignment's.
     """
     pred_mesh = apply_alignment(pred_mesh, alignment)
     masks = np.asarray(masks, dtype=bool)
@@ -475,11 +475,12 @@ def evaluate_arrays(
     if refine_alignment:
         # Samples of the whole surface, not only what the true cameras see of it: a far-off alignment hits little.
         icp = icp_similarity(trimesh.sample.sample_surface(pred_mesh, 4000, seed=0)[0], gt_mesh)
+        icp_scale = float(np.cbrt(np.linalg.det(icp[:3, :3])))
         geometry_icp, normals_icp, _ = measure(apply_alignment(pred_mesh, icp))
         refined = {
             "icp": icp.tolist(),
-            "icp_scale": float(np.cbrt(np.linalg.det(icp[:3, :3]))),
-            "icp_rotation_deg": float(_rotation_angle_deg(icp[:3, :3] / np.cbrt(np.linalg.det(icp[:3, :3])))),
+            "icp_scale": icp_scale,
+            "icp_rotation_deg": float(rotation_errors_deg(icp[:3, :3] / icp_scale, np.eye(3))),
             "icp_translation": float(np.linalg.norm(icp[:3, 3])),
             "geometry": geometry_icp,
             "normals": normals_icp,
@@ -499,10 +500,6 @@ def evaluate_arrays(
     if refined is not None:
         out["refined_alignment"] = refined
     return out
-
-
-def _rotation_angle_deg(R: np.ndarray) -> float:
-    return float(np.degrees(np.arccos(np.clip((np.trace(R) - 1.0) / 2.0, -1.0, 1.0))))
 
 
 def icp_similarity(

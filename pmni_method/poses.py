@@ -524,8 +524,8 @@ def pose_errors(c2w_est: np.ndarray, c2w_gt: np.ndarray) -> Dict[str, Any]:
     Keys: ``rotation_deg`` / ``translation`` / ``translation_relative`` (per-view lists), their ``_mean`` and
     ``_median``; ``translation`` is the camera-centre distance, ``translation_relative`` that over ``orbit_radius``
     (mean distance of the true centres from their centroid); ``relative_rotation_deg_mean`` is the mean error of the
-    relative rotations of all camera pairs (independent of the alignment); ``alignment`` is the 4x4 similarity (list of lists) that
-    maps the estimate's frame onto the true one, to apply to a reconstruction before geometry metrics.
+    relative rotations of all camera pairs (independent of the alignment); ``alignment`` is the 4x4 similarity (list
+    of lists) that maps the estimate's frame onto the true one, to apply to a reconstruction before geometry metrics.
     """
     aligned, T = align_cameras(c2w_est, c2w_gt)
     gt = np.asarray(c2w_gt, dtype=np.float64)

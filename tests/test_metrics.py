@@ -216,7 +216,8 @@ def test_icp_refinement_removes_a_small_alignment_error_but_keeps_the_primary_me
     c2w = ring_poses(8, 4.0, elevation_deg=20.0)
     normals, masks = render_normal_maps(gt, K, c2w, H, W)
     # A camera-based alignment that is slightly off: 3 degrees, a shift and a 2 % scale error.
-    off = similarity_matrix(1.02, Rotation.from_rotvec([0.0, 0.0, np.radians(3.0)]).as_matrix(), np.array([0.03, -0.02, 0.01]))
+    turn = Rotation.from_rotvec([0.0, 0.0, np.radians(3.0)]).as_matrix()
+    off = similarity_matrix(1.02, turn, np.array([0.03, -0.02, 0.01]))
     m = evaluate_arrays(gt, gt, K, c2w, masks, normals, threshold=1e-3, alignment=off, refine_alignment=True)
     refined = m["refined_alignment"]
     assert m["geometry"]["chamfer"] > 0.01  # the primary metrics keep the alignment as given

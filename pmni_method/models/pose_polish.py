@@ -35,6 +35,7 @@ from torch import Tensor
 from pmni_method.data.raystore import RayStore
 from pmni_method.data.types import MultiViewNormalData
 from pmni_method.models.pose_refine import PoseRefiner, se3_matrices
+from pmni_method.poses import rotation_errors_deg
 
 # (origins [N, 3], directions [N, 3], directions_norm [N, 1]) -> (normal [N, 3], accumulation [N, 1]), no grad.
 RenderFn = Callable[[Tensor, Tensor, Tensor], Tuple[Tensor, Tensor]]
@@ -175,7 +176,8 @@ class PosePolisher:
                     break
             refiner.set_left_transform(view, L0)
             after += f0
-            moved.append(_rotation_deg(L0[:3, :3] @ L_start[:3, :3].T))
+            turned = rotation_errors_deg(L0[:3, :3].double().cpu().numpy(), L_start[:3, :3].double().cpu().numpy())
+            moved.append(float(turned))
             polished += 1
         stats = {
             "cameras": float(polished),
@@ -192,8 +194,3 @@ class PosePolisher:
         dx = torch.zeros(6, device=L.device)
         dx[k] = h
         return se3_matrices(dx * refiner.xi_scale.to(L.device)) @ L
-
-
-def _rotation_deg(R: Tensor) -> float:
-    cos = (float(torch.trace(R)) - 1.0) / 2.0
-    return math.degrees(math.acos(min(max(cos, -1.0), 1.0)))
