@@ -130,7 +130,6 @@ class PosePolisher:
         device = refiner.xi.device
         generator = torch.Generator().manual_seed(int(seed))
         before, after, moved = 0.0, 0.0, []
-        polished = 0
         for view in range(refiner.num_cameras):
             if float(refiner.free[view]) == 0.0:
                 continue
@@ -142,14 +141,14 @@ class PosePolisher:
             before += f0
             damping = cfg.initial_damping
             for _ in range(cfg.iterations):
-                h = cfg.fd_step
+                h = cfg.fd_step * torch.eye(6, device=device)
                 J = torch.stack(
                     [
                         (
-                            self._residuals(rays, self._offset(refiner, h, k, L0), render)
-                            - self._residuals(rays, self._offset(refiner, -h, k, L0), render)
+                            self._residuals(rays, _left_step(refiner, h[k], L0), render)
+                            - self._residuals(rays, _left_step(refiner, -h[k], L0), render)
                         )
-                        / (2.0 * h)
+                        / (2.0 * cfg.fd_step)
                         for k in range(6)
                     ],
                     dim=1,
@@ -162,7 +161,7 @@ class PosePolisher:
                     if math.degrees(float(delta[3:].norm())) > cfg.max_step_deg:
                         damping *= 4.0
                         continue
-                    L1 = se3_matrices((delta.float() * refiner.xi_scale).to(device)) @ L0
+                    L1 = _left_step(refiner, delta.float().to(device), L0)
                     r1 = self._residuals(rays, L1, render)
                     f1 = float((r1**2).sum())
                     if f1 < f0:
@@ -178,9 +177,8 @@ class PosePolisher:
             after += f0
             turned = rotation_errors_deg(L0[:3, :3].double().cpu().numpy(), L_start[:3, :3].double().cpu().numpy())
             moved.append(float(turned))
-            polished += 1
         stats = {
-            "cameras": float(polished),
+            "cameras": float(len(moved)),
             "residual_before": before,
             "residual_after": after,
             "rotation_change_deg_mean": float(sum(moved) / max(len(moved), 1)),
@@ -189,8 +187,8 @@ class PosePolisher:
         self.history.append(stats)
         return stats
 
-    @staticmethod
-    def _offset(refiner: PoseRefiner, h: float, k: int, L: Tensor) -> Tensor:
-        dx = torch.zeros(6, device=L.device)
-        dx[k] = h
-        return se3_matrices(dx * refiner.xi_scale.to(L.device)) @ L
+
+def _left_step(refiner: PoseRefiner, dx: Tensor, L: Tensor) -> Tensor:
+    """``Exp(S dx) @ L``: a step ``dx`` in the refiner's scaled se(3) coordinates, applied on the left like its
+    corrections."""
+    return se3_matrices(dx * refiner.xi_scale.to(dx.device)) @ L
