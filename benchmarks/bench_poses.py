@@ -153,12 +153,13 @@ def cmd_rescore(args: argparse.Namespace) -> None:
     """Re-evaluate finished runs (their mesh and poses files) with the current pmni-eval; training is not repeated."""
     out = Path(args.out)
     for name in args.objects:
+        data = dataset(out, name)
         for run in args.runs:
             folder = out / "runs" / name / run
             done = folder / "result.json"
             if not done.is_file():
                 continue
-            result = {**json.loads(done.read_text()), **score(folder, dataset(out, name), args.eval_downscale)}
+            result = {**json.loads(done.read_text()), **score(folder, data, args.eval_downscale)}
             with atomic_write(done, "w") as f:
                 f.write(json.dumps(result, indent=2) + "\n")
     cmd_report(args)
@@ -252,18 +253,15 @@ def cmd_report(args: argparse.Namespace) -> None:
             r = runs.get(run)
             if r is None:
                 continue
-            def f(key: str, spec: str) -> str:
-                # Runs scored before a metric existed (or a mesh with no visible surface) have no value for it.
-                value = r.get(key)
-                return format(float("nan") if value is None else value, spec)
-
-            print(
-                f"{name:6} {run:17} {f('seconds_per_iteration', '5.2f')} {f('chamfer', '8.4g')} "
-                f"{f('chamfer_percent_of_diagonal', '8.3f')} {f('fscore', '6.3f')} {f('normal_mae_deg', '6.2f')} "
-                f"{f('icp_chamfer', '8.4g')} {f('icp_normal_mae_deg', '7.2f')} {f('rotation_deg_mean', '8.3f')} "
-                f"{f('rotation_deg_max', '8.3f')} {f('relative_rotation_deg_mean', '7.3f')} "
-                f"{f('translation_relative_mean', '7.4f')}"
+            columns = (
+                ("seconds_per_iteration", "5.2f"), ("chamfer", "8.4g"), ("chamfer_percent_of_diagonal", "8.3f"),
+                ("fscore", "6.3f"), ("normal_mae_deg", "6.2f"), ("icp_chamfer", "8.4g"),
+                ("icp_normal_mae_deg", "7.2f"), ("rotation_deg_mean", "8.3f"), ("rotation_deg_max", "8.3f"),
+                ("relative_rotation_deg_mean", "7.3f"), ("translation_relative_mean", "7.4f"),
             )
+            # Runs scored before a metric existed (or a mesh with no visible surface) have no value for it.
+            cells = [format(float("nan") if r.get(key) is None else r[key], spec) for key, spec in columns]
+            print(f"{name:6} {run:17} " + " ".join(cells))
         calibrated = runs.get("calibrated")
         checks = []
         noisy, ring = runs.get("noisy"), runs.get("ring")

@@ -507,8 +507,6 @@ def icp_similarity(
     target: trimesh.Trimesh,
     iterations: int = 50,
     trim: float = 0.9,
-    max_points: int = 4000,
-    seed: int = 0,
 ) -> np.ndarray:
     """The 4x4 similarity that best moves ``source`` points onto the surface of ``target`` (trimmed point-to-plane
     ICP, started by matching centroids).
@@ -516,11 +514,9 @@ def icp_similarity(
     Each iteration pairs every source point with its closest point on the target's triangles (not with target
     samples, whose spacing would bias the fit), keeps the ``trim`` fraction of closest pairs (parts one surface
     lacks should not pull) and solves the linearised point-to-plane problem for a small rotation, translation and
-    scale change (point-to-point ICP crawls along flat faces). At most ``max_points`` source points (seeded draw).
+    scale change (point-to-point ICP crawls along flat faces). Each iteration's cost grows with ``len(source)``.
     """
     src = np.asarray(source, dtype=np.float64)
-    if len(src) > max_points:
-        src = src[np.random.default_rng(seed).choice(len(src), max_points, replace=False)]
     # Start with the centroids matched: ICP's closest-point pairing only works from a roughly overlapping start.
     T = np.eye(4)
     T[:3, 3] = np.asarray(target.center_mass if target.is_watertight else target.centroid) - src.mean(axis=0)
