@@ -12,6 +12,8 @@ pairs). Runs, all with the same iteration budget:
 ``noisy``             5 deg / 5 % pose noise (pmni's ``noisy`` init), pose refinement (``presets.make_pose_free``)
 ``noisy-nomvc``       the same without the consistency term
 ``ring``              turntable ring initialisation (elevation 0, while the truth is at 10 deg), pose refinement
+``noisy-mean``        ``noisy`` with the mean gauge (no frozen camera) in place of PMNI's frozen camera
+``ring-mean``         ``ring`` with the mean gauge
 
 Every run uses the camera-space normal maps. Finished runs are cached in ``--out`` (delete a run's folder to redo
 it). ``mvc-cost`` times a training iteration with and without the consistency term, interleaved, on one model.
@@ -44,7 +46,7 @@ from pmni_method.atomic import atomic_write  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 MESHES = REPO.parent / "shared" / "data" / "meshes"
 OBJECTS = {"bunny": ("stanford-bunny.obj", 1000.0), "spot": ("spot.obj", 100.0)}
-RUNS = ("calibrated", "calibrated-nomvc", "noisy", "noisy-nomvc", "ring")
+RUNS = ("calibrated", "calibrated-nomvc", "noisy", "noisy-nomvc", "ring", "noisy-mean", "ring-mean")
 NORMAL_DIR = "normal_camera_space_GT"
 
 TARGETS = {
@@ -80,12 +82,13 @@ def run_config(data: Path, out: Path, run: str, iterations: int, downscale: int)
     config.steps_per_save = 10**9  # the final checkpoint is written anyway
     config.steps_per_eval_batch = 10**9
     config.steps_per_eval_image = 10**9
+    gauge = "mean" if run.endswith("-mean") else "frozen-camera"
     if run.startswith("noisy"):
-        make_pose_free(config, "noisy", NORMAL_DIR)
+        make_pose_free(config, "noisy", NORMAL_DIR, gauge=gauge)
         config.pipeline.datamanager.dataparser.pose_noise_rotation_deg = 5.0
         config.pipeline.datamanager.dataparser.pose_noise_translation = 0.05
     elif run.startswith("ring"):
-        make_pose_free(config, "ring", NORMAL_DIR)
+        make_pose_free(config, "ring", NORMAL_DIR, gauge=gauge)
     if run.endswith("nomvc"):
         schedule = config.pipeline.model.core.loss_schedule
         schedule.stages = tuple(dataclasses.replace(stage, mvc=0.0) for stage in schedule.stages)

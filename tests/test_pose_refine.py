@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import List, Tuple
 
 import numpy as np
+import pytest
 import torch
 from scipy.spatial.transform import Rotation
 from torch import Tensor, nn
@@ -202,9 +203,56 @@ def test_recovers_a_perturbation_and_keeps_the_frozen_camera_exact() -> None:
     assert torch.equal(refiner.xi.as_subclass(torch.Tensor)[0], torch.zeros(6))
 
 
-def test_state_dict_loads_with_weights_only() -> None:
+def test_mean_gauge_moves_every_camera_and_ignores_a_common_correction() -> None:
+    c2w = cameras.ring_poses(5, 4.0, elevation_deg=10.0)
+    refiner = PoseRefinerConfig(mode="SE3", gauge="mean").setup(num_cameras=5, device="cpu", c2w_init=c2w)
+    with torch.no_grad():
+        refiner.xi.copy_(torch.randn(5, 6, generator=torch.Generator().manual_seed(0)) * 0.1)
+    before = refiner.refined_c2w()
+    # Every camera moved (nothing frozen), and the corrections as applied have zero mean.
+    assert (np.abs(before - c2w).max(axis=(1, 2)) > 1e-3).all()
+    np.testing.assert_allclose(refiner._effective_xi().mean(0).detach().numpy(), 0.0, atol=1e-7)
+    with torch.no_grad():
+        refiner.xi.add_(torch.tensor([0.3, -0.2, 0.1, 0.05, 0.02, -0.04]))
+    np.testing.assert_allclose(refiner.refined_c2w(), before, atol=1e-6)  # a common correction is no motion
+
+    # The optimiser sees no common component: the gradients of all cameras sum to zero.
+    loss = (refiner.current_c2w()[:, :3, 3] * torch.arange(1.0, 6.0)[:, None]).sum()
+    loss.backward()
+    grad = refiner.xi.grad.as_subclass(torch.Tensor)
+    assert grad.abs().sum() > 0 and grad.sum(0).abs().max() < 1e-5, grad
+
+
+def test_setting_poses_under_each_gauge() -> None:
+    c2w = cameras.ring_poses(4, 4.0, elevation_deg=10.0)
+    targets = [torch.as_tensor(perturb_poses(np.eye(4)[None], 2.0, 0.0, seed=s)[0], dtype=torch.float32) for s in (1, 2)]
+    frozen = PoseRefinerConfig(mode="SE3").setup(num_cameras=4, device="cpu", c2w_init=c2w)
+    frozen.set_left_transforms([0, 2], targets)
+    # Camera 0 fixes the gauge and stays; camera 2 gets exactly what was asked; the others are untouched.
+    assert torch.equal(frozen.left_transforms()[0], torch.eye(4))
+    torch.testing.assert_close(frozen.left_transforms()[2], targets[1], atol=1e-6, rtol=0)
+    assert torch.equal(frozen.left_transforms()[[1, 3]], torch.eye(4).expand(2, 4, 4))
+
+    mean = PoseRefinerConfig(mode="SE3", gauge="mean").setup(num_cameras=4, device="cpu", c2w_init=c2w)
+    # Opposite turns of two cameras have zero mean, so they are representable exactly.
+    up = targets[0]
+    down = torch.linalg.inv(up)
+    mean.set_left_transforms([1, 3], [up, down])
+    torch.testing.assert_close(mean.left_transforms()[1], up, atol=1e-6, rtol=0)
+    torch.testing.assert_close(mean.left_transforms()[3], down, atol=1e-6, rtol=0)
+    torch.testing.assert_close(mean.left_transforms()[[0, 2]], torch.eye(4).expand(2, 4, 4), atol=1e-6, rtol=0)
+    # One camera alone is not: the rig keeps its mean, so that camera takes 3/4 of the turn and the others -1/4.
+    single = PoseRefinerConfig(mode="SE3", gauge="mean").setup(num_cameras=4, device="cpu", c2w_init=c2w)
+    single.set_left_transforms([2], [up])
+    angles = rotation_errors_deg(single.left_transforms().detach().double().numpy(), np.eye(3)[None].repeat(4, 0))
+    full = float(rotation_errors_deg(up.double().numpy(), np.eye(3)))
+    np.testing.assert_allclose(angles, [full / 4, full / 4, 3 * full / 4, full / 4], rtol=1e-4)
+
+
+@pytest.mark.parametrize("gauge", ["frozen-camera", "mean"])
+def test_state_dict_loads_with_weights_only(gauge: str) -> None:
     c2w = cameras.ring_poses(4, 4.0)
-    config = PoseRefinerConfig(mode="SE3")
+    config = PoseRefinerConfig(mode="SE3", gauge=gauge)
     refiner = config.setup(num_cameras=4, device="cpu", c2w_init=c2w)
     with torch.no_grad():
         refiner.xi.copy_(torch.randn(4, 6) * 0.1)
@@ -478,6 +526,8 @@ def test_pose_free_flag_set_turns_consistency_on_wherever_normals_train() -> Non
     for name in ("pmni-fast", "pmni"):
         config = make_pose_free(trainer_config(name), "ring")
         assert config.pipeline.model.camera_optimizer.mode == "SE3"
+        assert config.pipeline.model.camera_optimizer.gauge == "frozen-camera"
+        assert make_pose_free(trainer_config(name), gauge="mean").pipeline.model.camera_optimizer.gauge == "mean"
         assert config.pipeline.datamanager.dataparser.pose_init == "ring"
         stages = config.pipeline.model.core.loss_schedule.stages
         assert all(stage.mvc >= 1.0 for stage in stages if stage.normal > 0), stages

@@ -15,10 +15,14 @@ world axes: a ray ``(o, d)`` of camera ``i`` becomes ``(R_L o + t_L, R_L d)`` an
 into the world with the initial pose becomes ``R_L n``. Left-applied corrections turn about the object (the origin
 of the normalised frame), the natural motion of a turntable or orbit error.
 
-The gauge (one global rigid motion of all cameras and the surface leaves every image unchanged) is fixed by
-freezing one camera: its ``xi`` never enters the graph and its correction is exactly ``A_i``. A global scale about
-the frozen camera remains unobservable from normals and masks; only the unit-sphere bound of the scene and the
-initialisation hold it, which is why pose metrics align by a similarity.
+The gauge (one global rigid motion of all cameras and the surface leaves every image unchanged) is fixed in one of
+two ways. ``frozen-camera`` (PMNI) freezes one camera: its ``xi`` never enters the graph and its correction is
+exactly ``A_i``. ``mean`` lets every camera move and uses ``xi_i - mean_j xi_j`` in place of ``xi_i``: a common
+correction (to first order a rigid motion of the whole rig) changes nothing. With a frozen camera, the surface is
+tied to that camera's initial error, and the other cameras can only follow it through the slowest, least observed
+motion of the rig (all of them turning together about the object). A global scale remains unobservable from normals
+and masks either way; only the unit-sphere bound of the scene and the initialisation hold it, which is why pose
+metrics align by a similarity.
 
 nerfstudio's viewer moves training frustums by ``c2w_orig @ delta`` with ``delta = camera_optimizer(idxs)`` (a
 right-applied delta in nerfstudio's OpenGL axes), so :meth:`PoseRefiner.forward` returns exactly that delta,
@@ -30,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Tuple, Type, Union
+from typing import Literal, Optional, Sequence, Tuple, Type, Union
 
 import numpy as np
 import torch
@@ -65,8 +69,12 @@ class PoseRefinerConfig(CameraOptimizerConfig):
     from the origin. A unit of translation then shifts the image about as much as a radian of rotation does, so
     Adam, which steps every coordinate at the same rate, moves a camera about its own centre (translation = distance
     x angle) as readily as about the object."""
+    gauge: Literal["frozen-camera", "mean"] = "frozen-camera"
+    """How the unobservable global motion is fixed. frozen-camera: one camera never moves (PMNI). mean: every camera
+    moves and the corrections are taken relative to their mean, so no camera's initial error anchors the others."""
     frozen_camera: int = 0
-    """Training-camera index whose correction stays exactly the identity (fixes the gauge); negative counts from the end."""
+    """With gauge frozen-camera: the training camera whose correction stays exactly the identity; negative counts
+    from the end."""
     recentre_on_masks: bool = False
     """Before training, turn each camera about its own centre so that its mask centroid looks at the origin (the
     object centre of the normalised frame). Pose-free starts can be off by more than the object's angular size, so
@@ -156,8 +164,11 @@ class PoseRefiner(CameraOptimizer):
             start = recentre_on_masks(c2w.double().numpy(), K, masks)
         # Saved: a checkpoint alone then fixes the refined poses, whatever masks a later run would recentre on.
         self.register_buffer("start", torch.as_tensor(start, dtype=torch.float32))
+        if config.gauge not in ("frozen-camera", "mean"):
+            raise ValueError(f"camera_optimizer.gauge must be 'frozen-camera' or 'mean', not {config.gauge!r}")
         free = torch.ones(num_cameras, 1)
-        free[frozen] = 0.0
+        if config.gauge == "frozen-camera":
+            free[frozen] = 0.0
         if non_trainable_camera_indices is not None:
             free[non_trainable_camera_indices.long().cpu()] = 0.0
         self.register_buffer("free", free, persistent=False)
@@ -190,7 +201,7 @@ class PoseRefiner(CameraOptimizer):
         if not self.enabled:
             n = self.num_cameras if indices is None else int(indices.reshape(-1).shape[0])
             return torch.eye(4).expand(n, 4, 4)
-        xi = self.xi.as_subclass(torch.Tensor)
+        xi = self._effective_xi()
         if indices is not None:
             indices = indices.reshape(-1).long().to(xi.device)
         xi = (xi if indices is None else xi[indices]) * self.xi_scale
@@ -200,15 +211,47 @@ class PoseRefiner(CameraOptimizer):
         L = se3_matrices(xi * free) @ start
         return torch.where(free[..., None] > 0, L, start)
 
+    @property
+    def gauge(self) -> str:
+        # Configs saved before the gauge option existed froze a camera.
+        return getattr(self.config, "gauge", "frozen-camera")
+
+    def _effective_xi(self) -> Tensor:
+        """The corrections as applied (unscaled): relative to the free cameras' mean under the mean gauge."""
+        xi = self.xi.as_subclass(torch.Tensor)
+        if self.gauge == "mean":
+            xi = xi - (xi * self.free).sum(0, keepdim=True) / self.free.sum().clamp(min=1.0)
+        return xi
+
     @torch.no_grad()
-    def set_left_transform(self, index: int, L: Tensor) -> None:
-        """Set camera ``index``'s correction so that its left transform becomes the rigid ``L`` (4x4); the frozen
-        camera is left alone. Used by solvers that move poses outside the optimiser (pose polish)."""
-        if not self.enabled or float(self.free[index]) == 0.0:
+    def set_left_transforms(self, indices: Sequence[int], transforms: Sequence[Tensor]) -> None:
+        """Set the given cameras' corrections so that their left transforms become the rigid ``transforms`` (4x4
+        each); cameras that do not move (frozen, non-trainable) are left alone. Used by solvers that move poses
+        outside the optimiser (pose polish).
+
+        Under the mean gauge only moves relative to the rig can be represented: the mean of the requested changes
+        is removed (the surface, not the cameras, takes up a common motion), so every camera's transform may shift
+        by that common part."""
+        if not self.enabled:
             return
-        M = L.double().to(self.start.device) @ torch.linalg.inv(self.start[index].double())
-        xi = pp.mat2SE3(M, check=False).Log().as_subclass(torch.Tensor) / self.xi_scale.double()
-        self.xi.data[index] = xi.to(self.xi.dtype)
+        effective = self._effective_xi().double().clone()
+        for index, L in zip(indices, transforms):
+            if float(self.free[index]) == 0.0:
+                continue
+            M = L.double().to(self.start.device) @ torch.linalg.inv(self.start[index].double())
+            effective[index] = pp.mat2SE3(M, check=False).Log().as_subclass(torch.Tensor) / self.xi_scale.double()
+        if self.gauge == "mean":
+            free = self.free.double()
+            effective = (effective - (effective * free).sum(0, keepdim=True) / free.sum().clamp(min=1.0)) * free
+            self.xi.data.copy_(effective.to(self.xi.dtype))
+            return
+        for index in indices:
+            if float(self.free[index]) != 0.0:
+                self.xi.data[index] = effective[index].to(self.xi.dtype)
+
+    def set_left_transform(self, index: int, L: Tensor) -> None:
+        """:meth:`set_left_transforms` for one camera."""
+        self.set_left_transforms([index], [L])
 
     def current_c2w(self, indices: Optional[Tensor] = None) -> Float[Tensor, "n 4 4"]:
         """Current OpenCV camera-to-worlds (normalised frame) of the given training cameras, differentiable."""
@@ -276,7 +319,7 @@ class PoseRefiner(CameraOptimizer):
         """Optional L2 penalties on the corrections (off by default)."""
         if not self.enabled or (self.config.trans_l2_penalty <= 0 and self.config.rot_l2_penalty <= 0):
             return
-        xi = self.xi.as_subclass(torch.Tensor)
+        xi = self._effective_xi()
         loss_dict["camera_opt_regularizer"] = (
             xi[:, :3].norm(dim=-1).mean() * self.config.trans_l2_penalty
             + xi[:, 3:].norm(dim=-1).mean() * self.config.rot_l2_penalty

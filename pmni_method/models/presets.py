@@ -194,18 +194,24 @@ def run_settings(name: str) -> Dict[str, int]:
 
 
 def make_pose_free(
-    config: Any, pose_init: str = "noisy", normal_dir: str = "normal_camera_space_GT", mvc_weight: float = 1.0
+    config: Any,
+    pose_init: str = "noisy",
+    normal_dir: str = "normal_camera_space_GT",
+    mvc_weight: float = 1.0,
+    gauge: str = "frozen-camera",
 ) -> Any:
     """Turn a pmni ``TrainerConfig`` into a pose-free run (the flag set in this module's docstring), in place.
 
-    Pose refinement on (left SE(3) per camera, camera 0 frozen), every camera first recentred on its mask, poses
-    started from ``pose_init`` (``noisy``, ``ring`` or ``file``; ``gt`` refines calibrated poses), camera-space
-    normal maps from ``normal_dir`` so that the normal targets turn with the poses, and the multi-view consistency
-    term at ``mvc_weight`` in every stage that trains normals.
+    Pose refinement on (left SE(3) per camera; ``gauge`` ``frozen-camera`` freezes camera 0 as PMNI does, ``mean``
+    moves every camera relative to their mean), every camera first recentred on its mask, poses started from
+    ``pose_init`` (``noisy``, ``ring`` or ``file``; ``gt`` refines calibrated poses), camera-space normal maps from
+    ``normal_dir`` so that the normal targets turn with the poses, and the multi-view consistency term at
+    ``mvc_weight`` in every stage that trains normals.
     """
     model = config.pipeline.model
     model.camera_optimizer.mode = "SE3"
     model.camera_optimizer.recentre_on_masks = True
+    model.camera_optimizer.gauge = gauge
     # A camera misplaced along its orbit keeps its silhouette and turns its target and rendered normals together;
     # only parallax between views reveals it, and the consistency term is what measures that. Waiting for the last
     # stage leaves it too few steps (bunny, 5 deg / 5 % noise, 800 steps: 1.7 deg with it from 5 %, 2.9 without).
