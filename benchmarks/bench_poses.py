@@ -9,11 +9,12 @@ pairs). Runs, all with the same iteration budget:
 
 ``calibrated``        true poses, no pose refinement (the reference Chamfer distance)
 ``calibrated-nomvc``  the same without the multi-view consistency term
-``noisy``             5 deg / 5 % pose noise (pmni's ``noisy`` init), pose refinement (``presets.make_pose_free``)
+``noisy``             5 deg / 5 % pose noise (pmni's ``noisy`` init), pose refinement (``presets.make_pose_free``:
+                      mean gauge)
 ``noisy-nomvc``       the same without the consistency term
 ``ring``              turntable ring initialisation (elevation 0, while the truth is at 10 deg), pose refinement
-``noisy-mean``        ``noisy`` with the mean gauge (no frozen camera) in place of PMNI's frozen camera
-``ring-mean``         ``ring`` with the mean gauge
+``noisy-frozen``      ``noisy`` with PMNI's gauge (camera 0 frozen) in place of the mean gauge
+``ring-frozen``       ``ring`` with PMNI's gauge
 
 Every run uses the camera-space normal maps. Finished runs are cached in ``--out`` (delete a run's folder to redo
 it). ``mvc-cost`` times a training iteration with and without the consistency term, interleaved, on one model.
@@ -46,7 +47,7 @@ from pmni_method.atomic import atomic_write  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 MESHES = REPO.parent / "shared" / "data" / "meshes"
 OBJECTS = {"bunny": ("stanford-bunny.obj", 1000.0), "spot": ("spot.obj", 100.0)}
-RUNS = ("calibrated", "calibrated-nomvc", "noisy", "noisy-nomvc", "ring", "noisy-mean", "ring-mean")
+RUNS = ("calibrated", "calibrated-nomvc", "noisy", "noisy-nomvc", "ring", "noisy-frozen", "ring-frozen")
 NORMAL_DIR = "normal_camera_space_GT"
 
 TARGETS = {
@@ -71,7 +72,7 @@ def dataset(out: Path, name: str) -> Path:
     return folder
 
 
-def run_config(data: Path, out: Path, run: str, iterations: int, downscale: int) -> Any:
+def run_config(data: Path, out: Path, run: str, iterations: int, downscale: int, pose_seed: int = 0) -> Any:
     from pmni_method import runner  # pylint: disable=import-outside-toplevel
     from pmni_method.models.presets import make_pose_free  # pylint: disable=import-outside-toplevel
 
@@ -82,11 +83,12 @@ def run_config(data: Path, out: Path, run: str, iterations: int, downscale: int)
     config.steps_per_save = 10**9  # the final checkpoint is written anyway
     config.steps_per_eval_batch = 10**9
     config.steps_per_eval_image = 10**9
-    gauge = "mean" if run.endswith("-mean") else "frozen-camera"
+    gauge = "frozen-camera" if run.endswith("-frozen") else "mean"
     if run.startswith("noisy"):
         make_pose_free(config, "noisy", NORMAL_DIR, gauge=gauge)
         config.pipeline.datamanager.dataparser.pose_noise_rotation_deg = 5.0
         config.pipeline.datamanager.dataparser.pose_noise_translation = 0.05
+        config.pipeline.datamanager.dataparser.pose_noise_seed = pose_seed
     elif run.startswith("ring"):
         make_pose_free(config, "ring", NORMAL_DIR, gauge=gauge)
     if run.endswith("nomvc"):
@@ -95,13 +97,15 @@ def run_config(data: Path, out: Path, run: str, iterations: int, downscale: int)
     return config
 
 
-def train_and_score(data: Path, out: Path, name: str, run: str, iterations: int, downscale: int, eval_downscale: int) -> Dict:
+def train_and_score(
+    data: Path, out: Path, name: str, run: str, iterations: int, downscale: int, eval_downscale: int, pose_seed: int = 0
+) -> Dict:
     from pmni_method import runner  # pylint: disable=import-outside-toplevel
     from pmni_method.export import write_mesh_atomic  # pylint: disable=import-outside-toplevel
     from pmni_method.scripts.export import poses_json, run_poses, write_poses_atomic  # pylint: disable=import-outside-toplevel
 
     folder = out / "runs" / name / run
-    config = run_config(data, folder, run, iterations, downscale)
+    config = run_config(data, folder, run, iterations, downscale, pose_seed)
     torch.manual_seed(0)
     trained = runner.train(config)
     pipeline = trained.trainer.pipeline
@@ -177,7 +181,9 @@ def cmd_runs(args: argparse.Namespace) -> None:
             if done.is_file():
                 print("cached", json.loads(done.read_text()), flush=True)
                 continue
-            result = train_and_score(data, out, name, run, args.iterations, args.downscale, args.eval_downscale)
+            result = train_and_score(
+                data, out, name, run, args.iterations, args.downscale, args.eval_downscale, args.pose_seed
+            )
             print("RESULT", json.dumps(result), flush=True)
     cmd_report(args)
 
@@ -297,6 +303,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--downscale", type=int, default=4, help="dataparser downscale_factor for training")
     parser.add_argument("--eval-downscale", type=int, default=2, help="pmni-eval downscale_factor (protocol: 1)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--pose-seed", type=int, default=0, help="seed of the noisy runs' pose noise (use another --out)")
     parser.add_argument("--warmup", type=int, default=150, help="mvc-cost: iterations trained before timing")
     parser.add_argument("--repeats", type=int, default=20, help="mvc-cost: timed iterations per variant")
     args = parser.parse_args(argv)

@@ -6,7 +6,7 @@
 Pose-free training (:func:`make_pose_free`) is any preset plus pose refinement; on the command line::
 
     ns-train pmni-fast --pipeline.model.camera-optimizer.mode SE3 \
-        --pipeline.model.camera-optimizer.recentre-on-masks True \
+        --pipeline.model.camera-optimizer.gauge mean --pipeline.model.camera-optimizer.recentre-on-masks True \
         --pipeline.model.core.loss-schedule.stages.1.mvc 1.0 \
         diligent-mv-data --data DIR --normal-dir normal_camera_space_GT --pose-init noisy   # or ring / file
 
@@ -198,7 +198,7 @@ def make_pose_free(
     pose_init: str = "noisy",
     normal_dir: str = "normal_camera_space_GT",
     mvc_weight: float = 1.0,
-    gauge: str = "frozen-camera",
+    gauge: str = "mean",
 ) -> Any:
     """Turn a pmni ``TrainerConfig`` into a pose-free run (the flag set in this module's docstring), in place.
 
@@ -211,6 +211,8 @@ def make_pose_free(
     model = config.pipeline.model
     model.camera_optimizer.mode = "SE3"
     model.camera_optimizer.recentre_on_masks = True
+    # No camera is frozen: a frozen camera keeps its own initial error, and the others reach it only through the
+    # rig's slowest motion (bunny and Spot ring starts, 900 steps: 3.96 and 2.32 degrees frozen, 1.65 and 0.91 mean).
     model.camera_optimizer.gauge = gauge
     # A camera misplaced along its orbit keeps its silhouette and turns its target and rendered normals together;
     # only parallax between views reveals it, and the consistency term is what measures that. Waiting for the last
