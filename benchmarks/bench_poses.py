@@ -10,11 +10,12 @@ pairs). Runs, all with the same iteration budget:
 ``calibrated``        true poses, no pose refinement (the reference Chamfer distance)
 ``calibrated-nomvc``  the same without the multi-view consistency term
 ``noisy``             5 deg / 5 % pose noise (pmni's ``noisy`` init), pose refinement (``presets.make_pose_free``:
-                      mean gauge)
+                      camera 0 frozen)
 ``noisy-nomvc``       the same without the consistency term
 ``ring``              turntable ring initialisation (elevation 0, while the truth is at 10 deg), pose refinement
-``noisy-frozen``      ``noisy`` with PMNI's gauge (camera 0 frozen) in place of the mean gauge
-``ring-frozen``       ``ring`` with PMNI's gauge
+                      (mean gauge)
+``noisy-mean``        ``noisy`` with the mean gauge
+``ring-frozen``       ``ring`` with PMNI's gauge (camera 0 frozen)
 
 Every run uses the camera-space normal maps. Finished runs are cached in ``--out`` (delete a run's folder to redo
 it). ``mvc-cost`` times a training iteration with and without the consistency term, interleaved, on one model.
@@ -48,7 +49,7 @@ from pmni_method.atomic import atomic_write  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 MESHES = REPO.parent / "shared" / "data" / "meshes"
 OBJECTS = {"bunny": ("stanford-bunny.obj", 1000.0), "spot": ("spot.obj", 100.0)}
-RUNS = ("calibrated", "calibrated-nomvc", "noisy", "noisy-nomvc", "ring", "noisy-frozen", "ring-frozen")
+RUNS = ("calibrated", "calibrated-nomvc", "noisy", "noisy-nomvc", "ring", "noisy-mean", "ring-frozen")
 NORMAL_DIR = "normal_camera_space_GT"
 
 TARGETS = {
@@ -84,7 +85,7 @@ def run_config(data: Path, out: Path, run: str, iterations: int, downscale: int,
     config.steps_per_save = 10**9  # the final checkpoint is written anyway
     config.steps_per_eval_batch = 10**9
     config.steps_per_eval_image = 10**9
-    gauge = "frozen-camera" if run.endswith("-frozen") else "mean"
+    gauge = {"mean": "mean", "frozen": "frozen-camera"}.get(run.rsplit("-", 1)[-1])  # None: make_pose_free's
     if run.startswith("noisy"):
         make_pose_free(config, "noisy", NORMAL_DIR, gauge=gauge)
         config.pipeline.datamanager.dataparser.pose_noise_rotation_deg = 5.0
