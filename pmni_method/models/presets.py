@@ -205,10 +205,9 @@ def make_pose_free(
 
     Pose refinement on (left SE(3) per camera; ``gauge`` ``frozen-camera`` freezes camera 0 as PMNI does, ``mean``
     moves every camera relative to their mean; None: ``mean`` for a ring start, ``frozen-camera`` otherwise), every
-    camera first recentred on its mask, poses started from
-    ``pose_init`` (``noisy``, ``ring`` or ``file``; ``gt`` refines calibrated poses), camera-space normal maps from
-    ``normal_dir`` so that the normal targets turn with the poses, and the multi-view consistency term at
-    ``mvc_weight`` in every stage that trains normals.
+    camera first recentred on its mask, poses started from ``pose_init`` (``noisy``, ``ring`` or ``file``; ``gt``
+    refines calibrated poses), camera-space normal maps from ``normal_dir`` so that the normal targets turn with the
+    poses, and the multi-view consistency term at ``mvc_weight`` in every stage that trains normals.
     """
     model = config.pipeline.model
     model.camera_optimizer.mode = "SE3"
