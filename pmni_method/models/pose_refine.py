@@ -220,9 +220,12 @@ class PoseRefiner(CameraOptimizer):
     def _effective_xi(self) -> Tensor:
         """The corrections as applied (unscaled): relative to the free cameras' mean under the mean gauge."""
         xi = self.xi.as_subclass(torch.Tensor)
-        if self.gauge == "mean":
-            xi = xi - (xi * self.free).sum(0, keepdim=True) / self.free.sum().clamp(min=1.0)
-        return xi
+        return self._centred(xi) if self.gauge == "mean" else xi
+
+    def _centred(self, xi: Tensor) -> Tensor:
+        """``xi`` (N, 6) less the mean of the free cameras' rows."""
+        free = self.free.to(xi.dtype)
+        return xi - (xi * free).sum(0, keepdim=True) / free.sum().clamp(min=1.0)
 
     @torch.no_grad()
     def set_left_transforms(self, indices: Sequence[int], transforms: Sequence[Tensor]) -> None:
@@ -242,13 +245,9 @@ class PoseRefiner(CameraOptimizer):
             M = L.double().to(self.start.device) @ torch.linalg.inv(self.start[index].double())
             effective[index] = pp.mat2SE3(M, check=False).Log().as_subclass(torch.Tensor) / self.xi_scale.double()
         if self.gauge == "mean":
-            free = self.free.double()
-            effective = (effective - (effective * free).sum(0, keepdim=True) / free.sum().clamp(min=1.0)) * free
-            self.xi.data.copy_(effective.to(self.xi.dtype))
-            return
-        for index in indices:
-            if float(self.free[index]) != 0.0:
-                self.xi.data[index] = effective[index].to(self.xi.dtype)
+            effective = self._centred(effective)
+        # Frozen gauge: rows not asked for (and frozen rows) are written back unchanged.
+        self.xi.data.copy_(effective.to(self.xi.dtype))
 
     def set_left_transform(self, index: int, L: Tensor) -> None:
         """:meth:`set_left_transforms` for one camera."""
