@@ -6,9 +6,15 @@ where the SDF is evaluated, so that the CLI can reject bad arguments without pay
 
 from __future__ import annotations
 
+import io
 import itertools
+import json
+import os
+import secrets
+import shutil
+import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import mcubes
 import numpy as np
@@ -146,12 +152,197 @@ def extract_mesh(
     return volume_to_mesh(volume, bounds=bounds, scale_mat=scale_mat, keep_largest=keep_largest)
 
 
-def write_mesh_atomic(mesh: trimesh.Trimesh, output: Path | str) -> Path:
-    """Write ``mesh`` next to ``output`` under a temporary name, then rename: an interrupted write leaves no file."""
+MESH_SOURCE_TAG = "pmni-source"
+"""Keyword of the header comment (``comment pmni-source {json}`` in PLY, ``# pmni-source {json}`` in OBJ) that
+records which checkpoint of which run a mesh came from (see :func:`mesh_bytes`, :func:`read_mesh_source`)."""
+
+SOURCE_FORMATS = (".ply", ".obj")
+"""Mesh formats with a comment syntax, where the source is recorded; STL and OFF have none that readers agree on."""
+
+
+def mesh_bytes(mesh: trimesh.Trimesh, suffix: str, source: Optional[Dict[str, Any]] = None) -> bytes:
+    """The file contents of ``mesh`` in the format of ``suffix``, with ``source`` as a header comment (PLY, OBJ).
+
+    trimesh 5.2's PLY exporter has no option for comments and its loader skips them, so the line is inserted after
+    the ``format`` line, where the PLY specification puts comments. The JSON is ASCII and on one line.
+    """
+    suffix = suffix.lower()
+    if suffix not in EXPORT_FORMATS:
+        raise ValueError(f"unsupported mesh format {suffix or '(none)'}; use one of {', '.join(EXPORT_FORMATS)}")
+    buffer = io.BytesIO()
+    mesh.export(buffer, file_type=suffix[1:])
+    data = buffer.getvalue()
+    if source is None or suffix not in SOURCE_FORMATS:
+        return data
+    text = json.dumps(source, sort_keys=True, allow_nan=False)
+    if suffix == ".obj":
+        return f"# {MESH_SOURCE_TAG} {text}\n".encode("ascii") + data
+    # "ply\nformat ... 1.0\n": the comment goes right after the second line.
+    end_of_format = data.index(b"\n", data.index(b"\n") + 1) + 1
+    return data[:end_of_format] + f"comment {MESH_SOURCE_TAG} {text}\n".encode("ascii") + data[end_of_format:]
+
+
+def read_mesh_source(path: Path | str) -> Optional[Dict[str, Any]]:
+    """The source recorded by :func:`mesh_bytes` in a PLY header or the leading comments of an OBJ, else None.
+
+    Only the header is read (a PLY's up to ``end_header``, an OBJ's leading ``#`` lines); a malformed record is
+    treated as absent, since the mesh itself may still be fine.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SOURCE_FORMATS:
+        return None
+    prefix = ("comment " if suffix == ".ply" else "# ") + MESH_SOURCE_TAG + " "
+    try:
+        with open(path, "rb") as f:
+            for number in range(256):
+                raw = f.readline(1 << 16)
+                if not raw:
+                    break
+                line = raw.decode("utf-8", errors="replace").strip()
+                if suffix == ".ply" and (line == "end_header" or (number == 0 and line != "ply")):
+                    break
+                if suffix == ".obj" and line and not line.startswith("#"):
+                    break
+                if line.startswith(prefix):
+                    record = json.loads(line[len(prefix):])
+                    return record if isinstance(record, dict) else None
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+class PublishError(Exception):
+    """A staged file could not be put in place; every target was left as it was before :meth:`FileGroup.publish`."""
+
+    def __init__(self, target: Path, cause: OSError, unrestored: Sequence[str] = ()) -> None:
+        super().__init__(f"{target}: {cause}")
+        self.target = target
+        """The target whose rename (or backup) failed."""
+        self.cause = cause
+        """The underlying error."""
+        self.unrestored = list(unrestored)
+        """Targets the rollback could not restore, each with where its previous version was kept (normally none)."""
+
+
+class FileGroup:
+    """Files that appear together or not at all (e.g. a mesh and its poses file).
+
+    :meth:`stage` writes each file's bytes to a temporary file beside its target (fsynced); :meth:`publish` renames
+    them into place in staging order. If any rename fails, or the process is interrupted while publishing, the
+    targets already replaced are rolled back: each gets its previous file back (kept as a hard link until the group
+    is complete), or is removed if it did not exist. Leaving the ``with`` block removes whatever was not published.
+
+    This helper could live in :mod:`pmni_method.atomic` beside ``atomic_write``.
+    """
+
+    def __init__(self) -> None:
+        self._staged: List[Tuple[Path, Path]] = []
+
+    def __enter__(self) -> "FileGroup":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.discard()
+
+    def stage(self, target: Path | str, data: bytes) -> None:
+        """Write ``data`` to a temporary file in ``target``'s folder (created if needed); raises OSError."""
+        target = Path(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        # Recorded before writing, so that discard() removes the file whatever happens next.
+        self._staged.append((target, Path(tmp)))
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp makes the file owner-only; give it the permissions a plain open() would have.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+
+    def discard(self) -> None:
+        """Remove the temporary files not yet published."""
+        for _, tmp in self._staged:
+            tmp.unlink(missing_ok=True)
+        self._staged = []
+
+    @staticmethod
+    def _keep_previous(target: Path) -> Optional[Path]:
+        """A second name for the file at ``target`` (None if there is none), so that it can be put back."""
+        if not os.path.lexists(target):
+            return None
+        backup = target.with_name(f".{target.name}.{secrets.token_hex(4)}.previous")
+        try:
+            # A hard link leaves the target in place, so there is never a moment without a file there.
+            os.link(target, backup, follow_symlinks=False)
+        except OSError:
+            shutil.copy2(target, backup, follow_symlinks=False)
+        return backup
+
+    def publish(self) -> None:
+        """Rename every staged file onto its target: all of them, or (raising :class:`PublishError`) none."""
+        replaced: List[Tuple[Path, Optional[Path]]] = []
+        backups: List[Path] = []
+        current: Optional[Path] = None
+        try:
+            for target, tmp in self._staged:
+                current = target
+                backup = self._keep_previous(target)
+                if backup is not None:
+                    backups.append(backup)
+                os.replace(tmp, target)
+                replaced.append((target, backup))
+        except BaseException as err:
+            # BaseException too: a Ctrl-C between two renames must not leave a mesh beside the wrong poses file.
+            unrestored = []
+            for target, backup in reversed(replaced):
+                try:
+                    if backup is None:
+                        target.unlink(missing_ok=True)
+                    else:
+                        os.replace(backup, target)
+                except OSError as undo:
+                    kept = f" (its previous version is kept as {backup})" if backup is not None else ""
+                    unrestored.append(f"{target}{kept}: {undo.strerror or undo}")
+                    if backup is not None:
+                        backups.remove(backup)
+            for backup in backups:
+                backup.unlink(missing_ok=True)
+            self.discard()
+            if isinstance(err, OSError) and current is not None:
+                raise PublishError(current, err, unrestored) from err
+            raise
+        for backup in backups:
+            backup.unlink(missing_ok=True)
+        self._staged = []
+        for folder in {target.parent for target, _ in replaced}:
+            _fsync_folder(folder)
+
+
+def _fsync_folder(folder: Path) -> None:
+    # The renames are durable only once the folder itself is flushed; not every platform or filesystem allows it.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_mesh_atomic(mesh: trimesh.Trimesh, output: Path | str, source: Optional[Dict[str, Any]] = None) -> Path:
+    """Write ``mesh`` next to ``output`` under a temporary name, then rename: an interrupted write leaves no file.
+
+    ``source`` (see :func:`mesh_bytes`) is recorded in the header of PLY and OBJ files.
+    """
     output = Path(output)
     suffix = output.suffix.lower()
     if suffix not in EXPORT_FORMATS:
         raise ValueError(f"{output}: unsupported mesh format {suffix or '(none)'}; use one of {', '.join(EXPORT_FORMATS)}")
     with atomic_write(output) as f:
-        mesh.export(f, file_type=suffix[1:])
+        f.write(mesh_bytes(mesh, suffix, source))
     return output

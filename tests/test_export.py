@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -135,9 +136,18 @@ def _fake_pipeline(field: SphereField, scale_mat) -> SimpleNamespace:
     )
 
 
+def _fake_source(path: Path, step: int = 99, total: int = 100, finished: bool = True) -> export_cli.RunSource:
+    return export_cli.RunSource(str(path), str(path.parent / f"step-{step:09d}.ckpt"), step, total, finished)
+
+
+def _fake_loader(field: SphereField, scale_mat, **source):
+    """Stand-in for ``load_pipeline``: the fake pipeline and the source of a (finished, by default) run."""
+    return lambda path: (_fake_pipeline(field, scale_mat), _fake_source(path, **source))
+
+
 def test_cli_exports_world_mesh(tmp_path, monkeypatch, capsys):
     field = SphereField(two_blobs_sdf)
-    monkeypatch.setattr(export_cli, "load_pipeline", lambda path: _fake_pipeline(field, torch.tensor(SCALE_MAT)))
+    monkeypatch.setattr(export_cli, "load_pipeline", _fake_loader(field, torch.tensor(SCALE_MAT)))
     out = tmp_path / "mesh.ply"
     code = export_cli.main(export_cli.ExportConfig(load_config=tmp_path / "config.yml", output=out, resolution=RES))
     assert code == 0 and field.calls > 0
@@ -160,9 +170,7 @@ def test_cli_bad_inputs(tmp_path, monkeypatch, capsys):
     assert code == 2 and "m.xyz" in err and err.count("\n") == 1
 
     # A field whose SDF never crosses zero (e.g. a diverged run): one line, nothing written.
-    monkeypatch.setattr(
-        export_cli, "load_pipeline", lambda path: _fake_pipeline(SphereField(lambda x: x.norm(dim=-1) + 1), SCALE_MAT)
-    )
+    monkeypatch.setattr(export_cli, "load_pipeline", _fake_loader(SphereField(lambda x: x.norm(dim=-1) + 1), SCALE_MAT))
     code = export_cli.main(export_cli.ExportConfig(load_config=tmp_path / "c.yml", output=tmp_path / "m.ply", resolution=8))
     err = capsys.readouterr().err
     assert code == 2 and "zero crossing" in err and err.count("\n") == 1
@@ -190,3 +198,230 @@ def test_device_follows_the_module_of_a_bound_method():
     field = SphereField()
     assert _infer_device(field.forward_geonetwork) == field.dummy.device
     assert _infer_device(lambda x: x) == torch.device("cpu")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Destinations checked first; mesh and poses published together; provenance
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _posed_pipeline(field: SphereField) -> SimpleNamespace:
+    """A fake pipeline that also has training poses (two views), so that pmni-export writes a poses file."""
+    pipeline = _fake_pipeline(field, SCALE_MAT)
+    c2w = np.tile(np.eye(4), (2, 1, 1))
+    c2w[:, 2, 3] = [-3.0, -4.0]
+    pipeline.datamanager.train_dataparser_outputs.metadata.update(
+        pmni_data=SimpleNamespace(c2w=c2w), view_ids=[0, 3]
+    )
+    return pipeline
+
+
+def _never_loaded(path):
+    raise AssertionError("the pipeline was loaded before the destinations were checked")
+
+
+@pytest.mark.parametrize("which", ["mesh", "poses"])
+def test_cli_checks_both_destinations_before_loading(tmp_path, monkeypatch, capsys, which):
+    # A path below a regular file can never be created, even by root (chmod-based read-only folders do not stop root).
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    good = tmp_path / "out" / "mesh.ply"
+    bad = blocker / "sub" / ("mesh.ply" if which == "mesh" else "mesh.poses.json")
+    monkeypatch.setattr(export_cli, "load_pipeline", _never_loaded)
+    config = export_cli.ExportConfig(
+        load_config=tmp_path / "config.yml",
+        output=bad if which == "mesh" else good,
+        poses_output=None if which == "mesh" else bad,
+    )
+    code = export_cli.main(config)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"pmni-export: error: {bad}: cannot write {which} (") and str(blocker) in err
+    # Nothing left behind: no probe file, and the folder created for the good destination is gone again.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-folder"]
+
+
+def test_cli_refuses_folder_destinations_before_loading(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(export_cli, "load_pipeline", _never_loaded)
+    (tmp_path / "mesh.poses.json").mkdir()
+    code = export_cli.main(export_cli.ExportConfig(load_config=tmp_path / "c.yml", output=tmp_path / "mesh.ply"))
+    err = capsys.readouterr().err
+    assert code == 2 and err == f"pmni-export: error: {tmp_path / 'mesh.poses.json'}: poses output is a folder, expected a file path\n"
+
+
+def _fail_replace_onto(monkeypatch, name: str, error: BaseException) -> list:
+    """Make ``os.replace`` fail when it would put a file at a path named ``name``; returns the calls made."""
+    real = os.replace
+    calls = []
+
+    def replace(src, dst, *args, **kwargs):
+        calls.append(Path(dst).name)
+        if Path(dst).name == name:
+            raise error
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    return calls
+
+
+def test_cli_writes_both_files_or_neither(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(export_cli, "load_pipeline", lambda path: (_posed_pipeline(SphereField()), _fake_source(path)))
+    config = export_cli.ExportConfig(load_config=tmp_path / "config.yml", output=tmp_path / "mesh.ply", resolution=16)
+    calls = _fail_replace_onto(monkeypatch, "mesh.poses.json", PermissionError(13, "Permission denied"))
+    code = export_cli.main(config)
+    err = capsys.readouterr().err
+    assert "mesh.ply" in calls  # the mesh was in place for a moment, and was rolled back
+    assert code == 2 and err == (
+        f"pmni-export: error: {tmp_path / 'mesh.poses.json'}: cannot write poses (Permission denied); "
+        f"{tmp_path / 'mesh.ply'} left as it was\n"
+    )
+    assert list(tmp_path.iterdir()) == []  # no mesh, no temporary or backup files
+
+
+@pytest.mark.parametrize("fault", [PermissionError(13, "Permission denied"), KeyboardInterrupt()])
+def test_a_failed_re_export_keeps_the_earlier_export(tmp_path, monkeypatch, capsys, fault):
+    monkeypatch.setattr(export_cli, "load_pipeline", lambda path: (_posed_pipeline(SphereField()), _fake_source(path)))
+    config = export_cli.ExportConfig(load_config=tmp_path / "config.yml", output=tmp_path / "mesh.ply", resolution=16)
+    assert export_cli.main(config) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert sorted(before) == ["mesh.ply", "mesh.poses.json"]
+
+    # The second export meshes a different surface; its poses file cannot be put in place.
+    monkeypatch.setattr(
+        export_cli, "load_pipeline",
+        lambda path: (_posed_pipeline(SphereField(two_blobs_sdf)), _fake_source(path, step=49, finished=False)),
+    )
+    config.keep_largest = False
+    _fail_replace_onto(monkeypatch, "mesh.poses.json", fault)
+    if isinstance(fault, KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt):
+            export_cli.main(config)
+    else:
+        assert export_cli.main(config) == 2
+        assert capsys.readouterr().err.count("\n") == 1
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_file_group_publishes_together_and_restores_on_failure(tmp_path, monkeypatch):
+    from pmni_method.export import FileGroup, PublishError
+
+    a, b, c = tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "c.txt"
+    a.write_text("old a")
+    c.write_text("old c")
+    _fail_replace_onto(monkeypatch, "c.txt", OSError(28, "No space left on device"))
+    with pytest.raises(PublishError) as info, FileGroup() as group:
+        for path in (a, b, c):
+            group.stage(path, f"new {path.stem}".encode())
+        group.publish()
+    assert info.value.target == c and info.value.cause.errno == 28 and not info.value.unrestored
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "c.txt"]
+    assert a.read_text() == "old a" and c.read_text() == "old c"
+
+    monkeypatch.undo()
+    with FileGroup() as group:
+        for path in (a, b, c):
+            group.stage(path, f"new {path.stem}".encode())
+        group.publish()
+    assert [p.read_text() for p in (a, b, c)] == ["new a", "new b", "new c"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt", "c.txt"]
+
+
+@pytest.mark.parametrize("suffix", [".ply", ".obj"])
+def test_cli_records_the_checkpoint_in_mesh_and_poses(tmp_path, monkeypatch, capsys, suffix):
+    from pmni_method.export import read_mesh_source
+    from pmni_method.poses import read_poses_file
+
+    monkeypatch.setattr(
+        export_cli, "load_pipeline",
+        lambda path: (_posed_pipeline(SphereField()), _fake_source(path, step=449, total=900, finished=False)),
+    )
+    out = tmp_path / f"mesh{suffix}"
+    code = export_cli.main(export_cli.ExportConfig(load_config=tmp_path / "config.yml", output=out, resolution=16))
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "note: run did not finish: meshing checkpoint step 449 of 900\n" in printed
+    expected = {
+        "run": str(tmp_path / "config.yml"), "checkpoint": str(tmp_path / "step-000000449.ckpt"), "step": 449,
+        "max_num_iterations": 900, "finished": False,
+    }
+    assert read_mesh_source(out) == expected
+    # The record is a comment: trimesh reads the same mesh as without it.
+    plain = tmp_path / f"plain{suffix}"
+    monkeypatch.setattr(export_cli, "load_pipeline", lambda path: (_posed_pipeline(SphereField()), _fake_source(path)))
+    assert export_cli.main(export_cli.ExportConfig(load_config=tmp_path / "c.yml", output=plain, resolution=16)) == 0
+    assert "did not finish" not in capsys.readouterr().out
+    np.testing.assert_array_equal(trimesh.load(out).vertices, trimesh.load(plain).vertices)
+    assert read_mesh_source(plain)["finished"] is True
+
+    entries = json.loads((tmp_path / "mesh.poses.json").read_text())
+    assert [e["source"] for e in entries] == [expected, expected]
+    ids, c2w = read_poses_file(tmp_path / "mesh.poses.json")  # the pose reader still takes the file
+    assert ids == [0, 3] and c2w.shape == (2, 4, 4)
+
+
+def test_formats_without_comments_say_where_the_source_went(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(export_cli, "load_pipeline", lambda path: (_posed_pipeline(SphereField()), _fake_source(path)))
+    code = export_cli.main(export_cli.ExportConfig(load_config=tmp_path / "c.yml", output=tmp_path / "m.stl", resolution=16))
+    assert code == 0 and "recorded only in the poses file" in capsys.readouterr().out
+    assert json.loads((tmp_path / "m.poses.json").read_text())[0]["source"]["step"] == 99
+
+
+def test_checkpoint_source_reads_the_run_state(tmp_path):
+    cases = {
+        "new-finished": ({"step": 4, "pmni_run": {"finished": True, "max_num_iterations": 5}}, 5, True, 5),
+        # A run that stopped early (diverged, Ctrl-C) saves its last step with finished False.
+        "new-interrupted": ({"step": 4, "pmni_run": {"finished": False, "max_num_iterations": 9}}, 5, False, 9),
+        # Older checkpoints have only the step: finished when it is the last one of the config's run length.
+        "old-last": ({"step": 4}, 5, True, 5),
+        "old-early": ({"step": 2, "pipeline": {"w": torch.zeros(2)}}, 5, False, 5),
+    }
+    for name, (state, planned, finished, total) in cases.items():
+        path = tmp_path / f"{name}.ckpt"
+        torch.save(state, path)
+        source = export_cli.checkpoint_source(path, tmp_path / "config.yml", planned)
+        assert (source.finished, source.max_num_iterations, source.step) == (finished, total, state["step"]), name
+        assert source.checkpoint == str(path) and source.run == str(tmp_path / "config.yml")
+
+
+def test_mesh_source_of_foreign_files_is_none(tmp_path):
+    from pmni_method.export import read_mesh_source
+
+    mesh = trimesh.creation.icosphere(subdivisions=1)
+    for name in ("a.ply", "a.obj", "a.off"):
+        mesh.export(tmp_path / name)
+        assert read_mesh_source(tmp_path / name) is None
+    (tmp_path / "bad.ply").write_bytes(b"ply\nformat ascii 1.0\ncomment pmni-source {not json\nend_header\n")
+    assert read_mesh_source(tmp_path / "bad.ply") is None
+    assert read_mesh_source(tmp_path / "missing.ply") is None
+
+
+@pytest.fixture(scope="module")
+def trained_run(sphere_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A completed two-iteration pmni-fast run on the sphere (its config.yml)."""
+    from pmni_method import runner
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_stability import tiny_config
+
+    return runner.train(tiny_config(sphere_dir, tmp_path_factory.mktemp("run"), iterations=2)).config_path
+
+
+def test_export_of_a_real_run_records_its_checkpoint(trained_run: Path, tmp_path: Path, capsys):
+    from pmni_method.export import read_mesh_source
+
+    (checkpoint,) = (trained_run.parent / "nerfstudio_models").glob("step-*.ckpt")
+    out = tmp_path / "mesh.ply"
+    assert export_cli.main(export_cli.ExportConfig(load_config=trained_run, output=out, resolution=16)) == 0
+    assert "did not finish" not in capsys.readouterr().out
+    expected = {"run": str(trained_run), "checkpoint": str(checkpoint), "step": 1, "max_num_iterations": 2, "finished": True}
+    assert read_mesh_source(out) == expected
+    assert all(e["source"] == expected for e in json.loads((tmp_path / "mesh.poses.json").read_text()))
+
+    # The same run, had it been stopped at that step (the trainer marks such a checkpoint unfinished).
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state["pmni_run"] = {"finished": False, "max_num_iterations": 10}
+    torch.save(state, checkpoint)
+    assert export_cli.main(export_cli.ExportConfig(load_config=trained_run, output=out, resolution=16)) == 0
+    assert "note: run did not finish: meshing checkpoint step 1 of 10\n" in capsys.readouterr().out
+    assert read_mesh_source(out)["finished"] is False

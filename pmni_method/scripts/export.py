@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,28 +63,126 @@ def run_poses(pipeline: Any) -> Tuple[List[int], np.ndarray, bool]:
     return [int(v) for v in outputs.metadata["view_ids"]], Normalisation(scale_mat).c2w_to_world(c2w), refined is not None
 
 
-def poses_json(view_ids: List[int], c2w_world: np.ndarray, refined: bool) -> List[Dict[str, Any]]:
-    """The JSON pose-file form ``[{"view", "c2w", "refined"}]`` that ``poses.load_poses_file`` reads back."""
+def poses_json(
+    view_ids: List[int], c2w_world: np.ndarray, refined: bool, source: Optional[Dict[str, Any]] = None
+) -> List[Dict[str, Any]]:
+    """The JSON pose-file form ``[{"view", "c2w", "refined"}]`` that ``poses.load_poses_file`` reads back.
+
+    ``source`` (:meth:`RunSource.to_json`) goes into every entry as ``"source"``: the file must stay a list for the
+    pose readers, which ignore keys they do not know.
+    """
     return [
-        {"view": int(v), "c2w": np.asarray(m, dtype=np.float64).tolist(), "refined": bool(refined)}
+        {
+            "view": int(v),
+            "c2w": np.asarray(m, dtype=np.float64).tolist(),
+            "refined": bool(refined),
+            **({} if source is None else {"source": source}),
+        }
         for v, m in zip(view_ids, c2w_world)
     ]
 
 
+def poses_text(entries: List[Dict[str, Any]]) -> str:
+    """The pose file's contents; raises ValueError on non-finite poses (strict JSON has no NaN)."""
+    return json.dumps(entries, indent=1, allow_nan=False) + "\n"
+
+
 def write_poses_atomic(entries: List[Dict[str, Any]], output: Path) -> Path:
     """Serialise first, then write-and-rename: an interrupted export never leaves a half-written pose file."""
-    text = json.dumps(entries, indent=1, allow_nan=False) + "\n"
+    text = poses_text(entries)
     with atomic_write(output, "w") as f:
         f.write(text)
     return output
+
+
+@dataclass
+class RunSource:
+    """Which checkpoint of which training run a mesh comes from, and whether that run completed."""
+
+    run: str
+    """The run's config.yml, as given to pmni-export."""
+    checkpoint: str
+    """The checkpoint file the pipeline was loaded from."""
+    step: int
+    """Training step stored in the checkpoint."""
+    max_num_iterations: int
+    """The run's planned length."""
+    finished: bool
+    """True only for the final checkpoint of a run that completed all its iterations."""
+
+    def to_json(self) -> Dict[str, Any]:
+        """The record written into the mesh header and the poses file (and read back by pmni-eval)."""
+        return {
+            "run": self.run,
+            "checkpoint": self.checkpoint,
+            "step": self.step,
+            "max_num_iterations": self.max_num_iterations,
+            "finished": self.finished,
+        }
+
+
+def checkpoint_source(checkpoint: Path, run_config: Path, max_num_iterations: int) -> RunSource:
+    """Read the step and the run state from a checkpoint (metadata only matters; the pipeline is loaded elsewhere).
+
+    The trainer stores ``"pmni_run": {"finished", "max_num_iterations"}``; an older checkpoint has only ``"step"``,
+    and then the run counts as finished when that step is the last of ``max_num_iterations`` (nerfstudio saves the
+    final checkpoint at step ``max_num_iterations - 1``).
+    """
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    step = int(state["step"])
+    run = state.get("pmni_run")
+    if isinstance(run, dict) and "finished" in run:
+        total = int(run.get("max_num_iterations", max_num_iterations))
+        finished = bool(run["finished"])
+    else:
+        total = int(max_num_iterations)
+        finished = step + 1 >= total
+    return RunSource(str(run_config), str(checkpoint), step, total, finished)
 
 
 class _BadInput(Exception):
     """An input problem; the message is the one line to print."""
 
 
-def load_pipeline(load_config: Path) -> Any:
+def check_destination(path: Path, what: str) -> List[Path]:
+    """Make sure ``path`` can be written before anything is loaded; raise :class:`_BadInput` with one line if not.
+
+    Creates missing parent folders (returned, outermost first, so that a caller can remove them again) and creates
+    and removes a temporary file there: that answers permissions, read-only and full file systems alike.
+    """
+    if path.is_dir():
+        raise _BadInput(f"{path}: {what} output is a folder, expected a file path")
+    parent = path.parent
+    existing = next(p for p in (parent, *parent.parents) if p.exists() or p.is_symlink())
+    if not existing.is_dir():
+        raise _BadInput(f"{path}: cannot write {what} ({existing} is not a folder)")
+    created = [p for p in reversed([parent, *parent.parents]) if not p.exists()]
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        _remove_folders(created)
+        raise _BadInput(f"{path}: cannot write {what} ({e.strerror or e})")
+    return created
+
+
+def _remove_folders(folders: List[Path]) -> None:
+    # Innermost first; a folder something else has written into meanwhile stays.
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
+def load_pipeline(load_config: Path) -> Tuple[Any, RunSource]:
     """Load the trained pipeline for inference, on CUDA if available, else CPU; raise :class:`_BadInput` on bad input.
+
+    Returns the pipeline and the :class:`RunSource` of the checkpoint it was loaded from.
 
     The checks mirror what ``eval_setup`` would otherwise answer with an assert, a ``sys.exit(1)`` or a traceback.
     """
@@ -128,8 +228,10 @@ def load_pipeline(load_config: Path) -> Any:
         cfg.machine.device_type = device_type
         return cfg
 
-    _, pipeline, _, _ = eval_setup(load_config, test_mode="inference", update_config_callback=_set_device)
-    return pipeline
+    loaded_config, pipeline, checkpoint, _ = eval_setup(
+        load_config, test_mode="inference", update_config_callback=_set_device
+    )
+    return pipeline, checkpoint_source(Path(checkpoint), load_config, int(loaded_config.max_num_iterations))
 
 
 def main(config: ExportConfig) -> int:
@@ -137,14 +239,21 @@ def main(config: ExportConfig) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from pmni_method.export import EXPORT_FORMATS, MeshExtractionError, extract_mesh, write_mesh_atomic
+    from pmni_method.export import (
+        EXPORT_FORMATS,
+        SOURCE_FORMATS,
+        FileGroup,
+        MeshExtractionError,
+        PublishError,
+        extract_mesh,
+        mesh_bytes,
+    )
 
     console = Console()
     try:
-        if config.output.suffix.lower() not in EXPORT_FORMATS:
+        suffix = config.output.suffix.lower()
+        if suffix not in EXPORT_FORMATS:
             raise _BadInput(f"{config.output}: unsupported mesh format; use one of {', '.join(EXPORT_FORMATS)}")
-        if config.output.is_dir():
-            raise _BadInput(f"{config.output}: output is a folder, expected a mesh file path")
         if config.resolution < 2:
             raise _BadInput(f"--resolution {config.resolution}: must be at least 2")
         if config.chunk < 1:
@@ -154,10 +263,25 @@ def main(config: ExportConfig) -> int:
         poses_output: Optional[Path] = None
         if config.write_poses:
             poses_output = config.poses_output or poses_path_for(config.output)
-        if poses_output is not None and poses_output.is_dir():
-            raise _BadInput(f"{poses_output}: poses output is a folder")
+            if poses_output.absolute() == config.output.absolute():
+                raise _BadInput(f"{poses_output}: the poses output is the mesh output")
+        # Both destinations are checked before the pipeline is loaded and meshed (minutes on a CPU): a typo in a
+        # path should cost seconds, not a marching-cubes run.
+        created = check_destination(config.output, "mesh")
+        if poses_output is not None:
+            try:
+                check_destination(poses_output, "poses")
+            except _BadInput:
+                _remove_folders(created)
+                raise
 
-        pipeline = load_pipeline(config.load_config)
+        pipeline, source = load_pipeline(config.load_config)
+        if not source.finished:
+            console.print(
+                f"note: run did not finish: meshing checkpoint step {source.step} of {source.max_num_iterations}",
+                markup=False,
+                highlight=False,
+            )
         import torch
 
         try:
@@ -198,10 +322,7 @@ def main(config: ExportConfig) -> int:
                 )
             except MeshExtractionError as e:
                 raise _BadInput(f"{config.load_config}: {e}")
-        try:
-            write_mesh_atomic(mesh, config.output)
-        except OSError as e:
-            raise _BadInput(f"{config.output}: cannot write mesh ({e.strerror or e})")
+        poses_data: Optional[bytes] = None
         if poses_output is not None:
             try:
                 view_ids, c2w_world, refined = run_poses(pipeline)
@@ -209,23 +330,54 @@ def main(config: ExportConfig) -> int:
                 # The mesh is the product; a run that cannot tell its poses still gets it, with a note.
                 console.print(f"note: no poses file: the run has no training poses ({type(e).__name__}: {e})", markup=False)
                 poses_output = None
-            if poses_output is not None:
+            else:
                 try:
-                    write_poses_atomic(poses_json(view_ids, c2w_world, refined), poses_output)
+                    poses_data = poses_text(poses_json(view_ids, c2w_world, refined, source.to_json())).encode()
+                except ValueError:
+                    raise _BadInput(f"{poses_output}: cannot write poses (the run's poses have NaN or Inf entries)")
+
+        # Mesh and poses describe one state of the run: both files are replaced, or neither (FileGroup).
+        with FileGroup() as group:
+            try:
+                group.stage(config.output, mesh_bytes(mesh, suffix, source.to_json()))
+            except OSError as e:
+                raise _BadInput(f"{config.output}: cannot write mesh ({e.strerror or e})")
+            if poses_output is not None and poses_data is not None:
+                try:
+                    group.stage(poses_output, poses_data)
                 except OSError as e:
                     raise _BadInput(f"{poses_output}: cannot write poses ({e.strerror or e})")
+            try:
+                group.publish()
+            except PublishError as e:
+                what = "mesh" if e.target == config.output else "poses"
+                others = " and ".join(str(p) for p in (config.output, poses_output) if p is not None and p != e.target)
+                outcome = f"{others} left as it was" if others else "nothing written"
+                if e.unrestored:
+                    outcome = "could not restore " + "; ".join(e.unrestored)
+                raise _BadInput(f"{e.target}: cannot write {what} ({e.cause.strerror or e.cause}); {outcome}")
     except (_BadInput, PMNIDataError) as e:
         print(f"pmni-export: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
     lo, hi = mesh.bounds
-    console.print(f"wrote {config.output} ({len(mesh.vertices)} vertices, {len(mesh.faces)} faces)", markup=False)
+    console.print(
+        f"wrote {config.output} ({len(mesh.vertices)} vertices, {len(mesh.faces)} faces, "
+        f"checkpoint step {source.step})",
+        markup=False,
+    )
     console.print(
         "bbox (world units): "
         f"min [{lo[0]:.4g}, {lo[1]:.4g}, {lo[2]:.4g}]  max [{hi[0]:.4g}, {hi[1]:.4g}, {hi[2]:.4g}]  "
         f"size [{hi[0] - lo[0]:.4g}, {hi[1] - lo[1]:.4g}, {hi[2] - lo[2]:.4g}]",
         markup=False,
     )
+    if suffix not in SOURCE_FORMATS:
+        where = "only in the poses file" if poses_output is not None else "nowhere (use .ply or .obj to keep them)"
+        console.print(
+            f"note: {suffix} files have no header comments: the checkpoint step and run state are recorded {where}",
+            markup=False,
+        )
     if poses_output is not None:
         console.print(
             f"wrote {poses_output} ({'refined' if refined else 'initial'} poses of {len(view_ids)} training views, "
