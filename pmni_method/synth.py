@@ -14,23 +14,30 @@ Layout written into the output folder (N views; file stems are 3-digit zero-base
     synth.json                          every option, the seed, the mesh source and derived quantities
 
 Normal maps, masks and depth are always rendered with the true cameras. The output appears atomically: everything
-is written into a hidden sibling folder that is renamed at the end, so a failed run leaves nothing behind.
+is written into a hidden sibling folder (``.NAME.partial-PID``) that is renamed at the end, so a failed, interrupted
+(Ctrl-C) or terminated (SIGTERM) run leaves nothing behind. A run killed outright (SIGKILL, power loss) cannot clean
+up; the next run for the same output removes such folders once their process is gone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
+import signal
+import threading
 import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Literal, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Literal, Optional, Tuple
 
 import numpy as np
+import psutil
 import trimesh
 
 from pmni_method import cameras
@@ -403,10 +410,125 @@ def _info(config: SynthConfig, mesh: trimesh.Trimesh, rig: Rig, factors: np.ndar
     }
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived while rendering. Raised like KeyboardInterrupt (not an Exception) so that cleanup runs."""
+
+
+STAGING_KINDS = ("partial", "old")
+"""Hidden siblings of an output: ``.NAME.partial-PID`` (a dataset being written) and ``.NAME.old-PID`` (the dataset
+it replaces, between the two renames of :func:`_commit` and while it is deleted)."""
+
+# A PID's process may have been started after the folder was last changed only if the PID was reused; the slack
+# covers psutil's start times (boot time in whole seconds) and coarse file-system timestamps.
+_START_TIME_SLACK_S = 2.0
+
+
+def _staging_folder(output: Path, kind: str, pid: int) -> Path:
+    return output.with_name(f".{output.name}.{kind}-{pid}")
+
+
+def _process_may_own(pid: int, folder: Path) -> bool:
+    """Whether process ``pid`` may still be writing ``folder``: it is alive and was started before the folder changed.
+
+    A dead process (or a zombie) cannot; neither can a live one started after the folder's last change, which only
+    means the PID was reused. When in doubt (no permission to inspect the process), the folder is presumed in use.
+    """
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        started = process.create_time()
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
+    try:
+        changed = folder.lstat().st_mtime
+    except OSError:
+        return True
+    return started <= changed + _START_TIME_SLACK_S
+
+
+def remove_stale_staging(output: Path, note: Optional[Callable[[str], None]] = None) -> List[Path]:
+    """Remove the staging folders that killed runs left beside ``output``; return what was removed.
+
+    Only folders named like this module's (``.NAME.partial-PID``, ``.NAME.old-PID``) whose process is gone are
+    touched; a live run's stay. A dead run's ``.old`` folder is the complete previous dataset: if ``output`` is
+    missing (killed between the two renames of the commit), it is put back instead of removed.
+    """
+    pattern = re.compile(rf"^\.{re.escape(output.name)}\.({'|'.join(STAGING_KINDS)})-(\d+)$")
+    try:
+        entries = sorted(output.parent.iterdir())
+    except OSError:  # no parent yet (nothing to clean), or not listable (then nothing can be written there either)
+        return []
+    removed: List[Path] = []
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match is None or entry.is_symlink() or not entry.is_dir():
+            continue
+        pid = int(match.group(2))
+        if pid == os.getpid() or _process_may_own(pid, entry):
+            continue
+        if match.group(1) == "old" and not os.path.lexists(output):
+            os.replace(entry, output)
+            if note is not None:
+                note(f"restored {output} from {entry.name}, left by a run (PID {pid}) killed while replacing it")
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+        if note is not None:
+            note(f"removed {entry}, left by a killed run (PID {pid})")
+    return removed
+
+
+class _Interrupts:
+    """SIGINT and SIGTERM as exceptions (KeyboardInterrupt, :class:`Terminated`) while a dataset is written.
+
+    SIGTERM's default action ends the process at once, without running ``except`` or ``finally`` blocks.
+    Handlers are only installed from the main thread and only over the default ones (an application's own
+    handlers are left alone). :meth:`deferred` holds signals back over a step that must not be cut in two.
+    """
+
+    def __init__(self) -> None:
+        self._previous: Dict[int, Any] = {}
+        self._defer = False
+        self._pending: Optional[BaseException] = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        error: BaseException = KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+        if self._defer:
+            self._pending = self._pending or error
+            return
+        raise error
+
+    def __enter__(self) -> "_Interrupts":
+        if threading.current_thread() is threading.main_thread():
+            for signum, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+                if signal.getsignal(signum) is default:
+                    self._previous[signum] = signal.signal(signum, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    @contextlib.contextmanager
+    def deferred(self, reraise: bool = True) -> Iterator[None]:
+        """Hold signals back inside the block; afterwards raise the first one that came (unless ``reraise`` is off)."""
+        self._defer = True
+        try:
+            yield
+        finally:
+            self._defer = False
+        pending, self._pending = self._pending, None
+        if pending is not None and reraise:
+            raise pending
+
+
 def _commit(staging: Path, output: Path) -> None:
     """Move the finished dataset into place, replacing an old one only once the new one is complete."""
     if output.is_dir() and any(output.iterdir()):
-        trash = output.with_name(f".{output.name}.old-{os.getpid()}")
+        trash = _staging_folder(output, "old", os.getpid())
         os.replace(output, trash)
         os.replace(staging, output)
         shutil.rmtree(trash, ignore_errors=True)
@@ -416,14 +538,21 @@ def _commit(staging: Path, output: Path) -> None:
         os.replace(staging, output)
 
 
-def render_dataset(config: SynthConfig, progress: Optional[Callable[[int], None]] = None) -> Path:
+def render_dataset(
+    config: SynthConfig,
+    progress: Optional[Callable[[int], None]] = None,
+    note: Optional[Callable[[str], None]] = None,
+) -> Path:
     """Render the dataset described by ``config`` and return its folder.
 
-    ``progress`` is called with each view index once that view is written. Bad input raises a one-line
-    :class:`PMNIDataError` before anything is written.
+    ``progress`` is called with each view index once that view is written; ``note`` with a line for anything
+    done besides (stale staging folders of killed runs removed, see :func:`remove_stale_staging`). Bad input
+    raises a one-line :class:`PMNIDataError` before anything is written. Ctrl-C (KeyboardInterrupt) and SIGTERM
+    (:class:`Terminated`) remove the staging folder before they propagate.
     """
     validate_config(config)
     output = Path(config.output)
+    remove_stale_staging(output, note)
     check_output(output, config.overwrite)
     mesh = load_mesh(Path(config.mesh), config.world_scale)
     rig = make_rig(mesh, config)
@@ -434,31 +563,37 @@ def render_dataset(config: SynthConfig, progress: Optional[Callable[[int], None]
     factors = depth_scale_factors(config.num_views, config.depth_scale_noise, depth_rng)
     perturbed = config.pose_rotation_noise_deg > 0 or config.pose_translation_noise > 0
 
-    staging = output.with_name(f".{output.name}.partial-{os.getpid()}")
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        if staging.exists():
-            shutil.rmtree(staging)
-        for sub in (WORLD_NORMAL_DIR, CAMERA_NORMAL_DIR, MASK_DIR, DEPTH_DIR):
-            (staging / sub).mkdir(parents=True)
-        save_npz(staging / CAMERAS_FILE, camera_arrays(rig.K, stored_c2w, rig.scale_mat))
-        if perturbed:
-            save_npz(staging / GT_CAMERAS_FILE, camera_arrays(rig.K, rig.c2w, rig.scale_mat))
-        mesh.export(staging / GT_MESH_FILE)
-        intersector = make_intersector(mesh)
-        for i, c2w in enumerate(rig.c2w):
-            view = render_view(mesh, intersector, rig.K, c2w, config.height, config.width, config.flat_normals)
-            _write_view(staging, i, view, rig.K, c2w, config, normal_rng, factors[i])
-            if progress is not None:
-                progress(i)
-        (staging / INFO_FILE).write_text(json.dumps(_info(config, mesh, rig, factors), indent=2) + "\n")
-        _commit(staging, output)
-    except OSError as e:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise PMNIDataError(f"{output}: cannot write the dataset ({' '.join(str(e).split())})") from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    staging = _staging_folder(output, "partial", os.getpid())
+    with _Interrupts() as interrupts:
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            if staging.exists():
+                shutil.rmtree(staging)
+            for sub in (WORLD_NORMAL_DIR, CAMERA_NORMAL_DIR, MASK_DIR, DEPTH_DIR):
+                (staging / sub).mkdir(parents=True)
+            save_npz(staging / CAMERAS_FILE, camera_arrays(rig.K, stored_c2w, rig.scale_mat))
+            if perturbed:
+                save_npz(staging / GT_CAMERAS_FILE, camera_arrays(rig.K, rig.c2w, rig.scale_mat))
+            mesh.export(staging / GT_MESH_FILE)
+            intersector = make_intersector(mesh)
+            for i, c2w in enumerate(rig.c2w):
+                view = render_view(mesh, intersector, rig.K, c2w, config.height, config.width, config.flat_normals)
+                _write_view(staging, i, view, rig.K, c2w, config, normal_rng, factors[i])
+                if progress is not None:
+                    progress(i)
+            (staging / INFO_FILE).write_text(json.dumps(_info(config, mesh, rig, factors), indent=2) + "\n")
+            # A signal between the two renames of a replacement would leave no dataset at the output path.
+            with interrupts.deferred():
+                _commit(staging, output)
+        except OSError as e:
+            with interrupts.deferred(reraise=False):
+                shutil.rmtree(staging, ignore_errors=True)
+            raise PMNIDataError(f"{output}: cannot write the dataset ({' '.join(str(e).split())})") from None
+        except BaseException:
+            # A second Ctrl-C must not cut the cleanup short; the first interruption is what propagates.
+            with interrupts.deferred(reraise=False):
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
     return output
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -425,4 +427,100 @@ def test_a_failure_mid_render_leaves_nothing_behind(monkeypatch, tmp_path, spher
                                focal=120.0)
     with pytest.raises(RuntimeError, match="boom"):
         synth.render_dataset(config)
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- killed runs: stale staging folders, SIGTERM and Ctrl-C ---------------------------------------------------------
+
+TINY = dict(num_views=2, width=16, height=16, focal=120.0)
+
+
+def _dead_pid() -> int:
+    """The PID of a process that has exited and been reaped."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
+
+
+def _staging(output: Path, pid: int, kind: str = "partial") -> Path:
+    """A staging folder as a run with ``pid`` would have left it (47 MB in real life, one file here)."""
+    folder = output.with_name(f".{output.name}.{kind}-{pid}")
+    (folder / "mask").mkdir(parents=True)
+    (folder / "mask" / "000.png").write_bytes(b"half a dataset")
+    return folder
+
+
+def test_stale_staging_of_a_killed_run_is_removed_but_a_live_runs_is_kept(tmp_path, sphere_mesh_path, capsys):
+    output = tmp_path / "out"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = _staging(output, sleeper.pid)
+        dead = _staging(output, _dead_pid())
+        other = _staging(tmp_path / "other", _dead_pid())  # another output's: not ours to touch
+        notes = []
+        synth.render_dataset(synth.SynthConfig(mesh=sphere_mesh_path, output=output, **TINY), note=notes.append)
+        assert not dead.exists() and live.is_dir() and other.is_dir()
+        assert notes == [f"removed {dead}, left by a killed run (PID {dead.name.rsplit('-', 1)[1]})"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", live.name, other.name])
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # Once that process is gone, its folder is stale too.
+    synth.render_dataset(synth.SynthConfig(mesh=sphere_mesh_path, output=output, overwrite=True, **TINY))
+    assert not live.exists()
+
+
+def test_a_reused_pid_does_not_keep_a_stale_folder(tmp_path, sphere_mesh_path):
+    output = tmp_path / "out"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        # Written an hour before that process started: the PID belongs to someone else now.
+        stale = _staging(output, sleeper.pid)
+        hour_ago = time.time() - 3600
+        os.utime(stale, (hour_ago, hour_ago))
+        synth.render_dataset(synth.SynthConfig(mesh=sphere_mesh_path, output=output, **TINY))
+        assert not stale.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_run_killed_between_the_commit_renames_gets_its_old_dataset_back(tmp_path, sphere_mesh_path):
+    output = tmp_path / "out"
+    pid = _dead_pid()
+    old = _staging(output, pid, kind="old")  # the previous dataset, moved aside; the output path is empty
+    new = _staging(output, pid)
+    notes = []
+    with pytest.raises(PMNIDataError, match="not empty"):
+        synth.render_dataset(synth.SynthConfig(mesh=sphere_mesh_path, output=output, **TINY), note=notes.append)
+    assert (output / "mask" / "000.png").read_bytes() == b"half a dataset" and not old.exists() and not new.exists()
+    assert len(notes) == 2 and notes[0].startswith(f"restored {output} from {old.name}")
+
+
+_SIGNAL_MID_RENDER = """
+import os, signal, sys
+from pmni_method import synth
+from pmni_method.scripts import synth as synth_cli
+folder, mesh = sys.argv[1:3]
+real, calls = synth.render_view, []
+def render_view(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:  # the first view is written: the staging folder holds files
+        assert any(p.name.startswith(".out.partial-") for p in os.scandir(folder))
+        os.kill(os.getpid(), signal.{signal})
+    return real(*args, **kwargs)
+synth.render_view = render_view
+sys.argv = ["pmni-synth", "--mesh", mesh, "--output", os.path.join(folder, "out"), "--num-views", "4",
+            "--width", "16", "--height", "16", "--focal", "120"]
+synth_cli.entrypoint()
+"""
+
+
+@pytest.mark.parametrize("name, code, said", [("SIGTERM", 143, "terminated (SIGTERM)"), ("SIGINT", 130, "interrupted (Ctrl-C)")])
+def test_a_signal_mid_render_removes_the_staging_folder(tmp_path, sphere_mesh_path, name, code, said):
+    result = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_MID_RENDER.replace("{signal}", name), str(tmp_path), str(sphere_mesh_path)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == code, result.stderr
+    assert result.stderr.strip().splitlines() == [f"pmni-synth: {said}; no partial output left behind"]
     assert list(tmp_path.iterdir()) == []

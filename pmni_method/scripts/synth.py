@@ -16,9 +16,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pmni_method.data.types import PMNIDataError
-from pmni_method.synth import INFO_FILE, SynthConfig, render_dataset
+from pmni_method.synth import INFO_FILE, SynthConfig, Terminated, render_dataset
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+"""Ctrl-C: 128 + SIGINT, what a shell reports for a process that SIGINT killed."""
+EXIT_TERMINATED = 143
+"""SIGTERM: 128 + SIGTERM."""
 DESCRIPTION = "Render a DiLiGenT-MV-layout normal dataset (normals, masks, depth, cameras) with exact ground truth from a mesh."
 
 
@@ -33,11 +37,19 @@ def main(config: SynthConfig) -> int:
             console=console, transient=True, disable=not console.is_terminal,
         ) as bar:
             task = bar.add_task("views", total=config.num_views)
-            output = render_dataset(config, progress=lambda _: bar.advance(task))
+            output = render_dataset(
+                config, progress=lambda _: bar.advance(task), note=lambda line: print(f"note: {line}", file=sys.stderr)
+            )
     except PMNIDataError as e:
         # Plain print: rich would wrap a long path over several lines.
         print(f"pmni-synth: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("pmni-synth: interrupted (Ctrl-C); no partial output left behind", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Terminated:
+        print("pmni-synth: terminated (SIGTERM); no partial output left behind", file=sys.stderr)
+        return EXIT_TERMINATED
     elapsed = time.perf_counter() - start
     info = json.loads((output / INFO_FILE).read_text())
     console.print(f"[bold green]wrote[/] {output}")
