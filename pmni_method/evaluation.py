@@ -32,11 +32,18 @@ from scipy.spatial import cKDTree
 from pmni_method.cameras import pixel_rays
 from pmni_method.data.diligent_mv import load_diligent_mv
 from pmni_method.data.types import PMNIDataError
+from pmni_method.export import read_mesh_source
 from pmni_method.poses import pose_errors, read_poses_file, rotation_errors_deg, similarity_matrix
 
 NormalType = Literal["interpolated", "face"]
 
 DISTANCE_UNITS = "world units of the dataset (DiLiGenT-MV: mm)"
+
+LOW_HIT_FRACTION = 0.5
+"""Below this fraction of mask pixels hitting the mesh, a warning says the mesh may be misplaced (or full of holes)."""
+
+SIZE_FACTOR_WARNING = 3.0
+"""A mesh whose bounding-box diagonal differs from the ground truth's by more than this factor gets a warning."""
 
 
 class EvaluationInputError(PMNIDataError):
@@ -424,16 +431,72 @@ def load_mesh(path: Path | str) -> trimesh.Trimesh:
     if not path.is_file():
         raise EvaluationInputError(f"{path}: mesh file not found")
     try:
-        # process=True merges vertices split at UV seams, so vertex normals are smooth across them (as in synth).
-        mesh = trimesh.load(path, force="mesh", process=True)
+        # Unprocessed first: trimesh's processing silently drops faces on NaN/Inf vertices, which would score a
+        # broken mesh as if it were whole.
+        mesh = trimesh.load(path, force="mesh", process=False)
     except Exception as e:  # trimesh's parsers raise anything from ValueError to IndexError on corrupt files
         detail = " ".join(str(e).split())[:200] or type(e).__name__
         raise EvaluationInputError(f"{path}: cannot read mesh ({detail})") from None
     if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
         raise EvaluationInputError(f"{path}: file holds no triangles")
-    if not np.all(np.isfinite(mesh.vertices)):
-        raise EvaluationInputError(f"{path}: mesh has NaN or Inf vertex coordinates")
+    bad = int((~np.isfinite(np.asarray(mesh.vertices, dtype=np.float64))).any(axis=1).sum())
+    if bad:
+        raise EvaluationInputError(f"{path}: {bad} of {len(mesh.vertices)} vertices are not finite (NaN or Inf)")
+    # Processing merges vertices split at UV seams, so vertex normals are smooth across them (as in synth).
+    mesh.process()
+    if len(mesh.faces) == 0:
+        raise EvaluationInputError(f"{path}: file holds no triangles")
     return mesh
+
+
+def _format_bbox(bounds: np.ndarray) -> str:
+    lo, hi = np.asarray(bounds, dtype=np.float64)
+    return "[" + ", ".join(f"{x:.3g}" for x in lo) + "]..[" + ", ".join(f"{x:.3g}" for x in hi) + "]"
+
+
+def check_placement(
+    pred_mesh: trimesh.Trimesh,
+    gt_mesh: trimesh.Trimesh,
+    num_hit: int,
+    num_mask: int,
+    label: str = "mesh",
+    require_hits: bool = True,
+) -> List[str]:
+    """Warnings (one line each, starting with ``label``) for a mesh that looks misplaced against the ground truth.
+
+    A mesh in the wrong units or frame still "scores" (Chamfer undefined, F-score 0), which reads as a bad
+    reconstruction rather than a wrong input; with ``require_hits``, a mesh that none of the ``num_mask`` mask
+    pixels' rays hit raises :class:`EvaluationInputError` instead. Bounding boxes are in world units.
+    """
+    boxes = f"its bounding box {_format_bbox(pred_mesh.bounds)} vs the ground truth's {_format_bbox(gt_mesh.bounds)}"
+    if num_mask > 0 and num_hit == 0 and require_hits:
+        raise EvaluationInputError(
+            f"{label}: the mesh is hit by 0 of {num_mask} mask pixels; {boxes}: wrong units or frame?"
+        )
+    warnings: List[str] = []
+    if num_mask > 0 and num_hit < LOW_HIT_FRACTION * num_mask:
+        warnings.append(
+            f"{label}: only {num_hit} of {num_mask} mask pixels ({100.0 * num_hit / num_mask:.3g} %) hit the mesh; "
+            f"{boxes}: wrong units or frame, or large holes?"
+        )
+    pred_diag = float(np.linalg.norm(np.ptp(pred_mesh.bounds, axis=0)))
+    gt_diag = float(np.linalg.norm(np.ptp(gt_mesh.bounds, axis=0)))
+    if pred_diag > 0 and gt_diag > 0:
+        factor = pred_diag / gt_diag
+        if not 1.0 / SIZE_FACTOR_WARNING <= factor <= SIZE_FACTOR_WARNING:
+            warnings.append(
+                f"{label}: its bounding-box diagonal is {factor:.3g} times the ground truth's "
+                f"({pred_diag:.4g} vs {gt_diag:.4g} world units): wrong units?"
+            )
+    return warnings
+
+
+def source_warnings(source: Optional[Dict[str, Any]], label: str = "mesh") -> List[str]:
+    """A warning for a mesh that pmni-export made from a run that did not finish (see ``read_mesh_source``)."""
+    if not source or source.get("finished", True):
+        return []
+    step, total = source.get("step", "?"), source.get("max_num_iterations", "?")
+    return [f"{label}: the mesh comes from a run that did not finish (checkpoint step {step} of {total})"]
 
 
 def evaluate_arrays(
@@ -449,12 +512,16 @@ def evaluate_arrays(
     alignment: Optional[np.ndarray] = None,
     normal_type: NormalType = "interpolated",
     refine_alignment: bool = False,
+    require_hits: bool = False,
+    mesh_label: str = "mesh",
 ) -> Dict[str, Any]:
     """All metrics from meshes and per-view arrays, everything in world units and world-frame OpenCV cameras.
 
     ``alignment`` (4x4 similarity, world frame) is applied to ``pred_mesh`` before anything is measured. With
     ``refine_alignment`` the metrics are also reported (under ``refined_alignment``) after an ICP similarity
     (:func:`icp_similarity`) of the aligned mesh onto the true one: the shape's own error, without the alignment's.
+    ``warnings`` lists placement problems (:func:`check_placement`, naming the mesh ``mesh_label``); with
+    ``require_hits`` a mesh no mask pixel hits raises :class:`EvaluationInputError` instead of scoring empty.
     """
     pred_mesh = apply_alignment(pred_mesh, alignment)
     masks = np.asarray(masks, dtype=bool)
@@ -471,6 +538,11 @@ def evaluate_arrays(
         return geometry, _normal_report(per_view, len(masks), view_ids, heldout_views, normal_type), pred_pts
 
     geometry, normals, pred_pts = measure(pred_mesh)
+    if alignment is not None:
+        mesh_label = f"{mesh_label} (after the alignment)"
+    warnings = check_placement(
+        pred_mesh, gt_mesh, len(pred_pts), int(masks.sum()), label=mesh_label, require_hits=require_hits
+    )
     refined = None
     if refine_alignment:
         # Samples of the whole surface, not only what the true cameras see of it: a far-off alignment hits little.
@@ -496,6 +568,7 @@ def evaluate_arrays(
         "alignment": None if alignment is None else np.asarray(alignment, dtype=np.float64).tolist(),
         "geometry": geometry,
         "normals": normals,
+        "warnings": warnings,
     }
     if refined is not None:
         out["refined_alignment"] = refined
@@ -549,6 +622,7 @@ def evaluate(
     poses: Optional[Path | str] = None,
     align_to_poses: bool = True,
     refine_alignment: Optional[bool] = None,
+    require_hits: bool = True,
 ) -> Dict[str, Any]:
     """Evaluate the mesh at ``mesh_path`` (world units) against the dataset in ``data_dir`` and its ``mesh_Gt.ply``.
 
@@ -560,7 +634,10 @@ def evaluate(
     similarity before it is measured (give either ``alignment`` or aligning ``poses``, not both).
     ``refine_alignment`` (default: whenever the mesh is aligned) adds the metrics after a further ICP similarity
     (:func:`evaluate_arrays`): a pose-free run's shape error apart from the error of its camera-based alignment.
-    Raises :class:`~pmni_method.data.types.PMNIDataError` (one-line message) on unusable input.
+    Raises :class:`~pmni_method.data.types.PMNIDataError` (one-line message) on unusable input, including (with
+    ``require_hits``) a mesh that no mask pixel hits: wrong units or frame. ``"source"`` is what pmni-export
+    recorded in the mesh about its run (checkpoint step, whether the run finished), or None; ``"warnings"`` lists
+    one-line warnings (an unfinished run, a mesh that looks misplaced).
     """
     mesh_path, data_dir = Path(mesh_path), Path(data_dir)
     if not data_dir.is_dir():
@@ -602,15 +679,20 @@ def evaluate(
         alignment=alignment,
         normal_type=normal_type,
         refine_alignment=(alignment is not None) if refine_alignment is None else refine_alignment,
+        require_hits=require_hits,
+        mesh_label=str(mesh_path),
     )
+    source = read_mesh_source(mesh_path)
     metrics = {
         "mesh": str(mesh_path),
         "data": str(data_dir),
         "gt_mesh": str(gt_path),
         "reference_poses": "cameras_gt (true poses)" if data.gt_c2w is not None else "cameras_sphere",
         "downscale_factor": int(downscale_factor),
+        "source": source,
         **metrics,
     }
+    metrics["warnings"] = source_warnings(source, str(mesh_path)) + metrics["warnings"]
     if pose_report is not None:
         metrics["poses"] = {**pose_report, "mesh_aligned_by_poses": bool(align_to_poses)}
     return metrics
@@ -645,6 +727,13 @@ def print_metrics(metrics: Dict[str, Any], console: Optional[Any] = None) -> Non
     table.add_row("  precision", _fmt(geo["precision"], ".4f"), "0..1")
     table.add_row("  recall", _fmt(geo["recall"], ".4f"), "0..1")
     table.add_row("surface samples pred / GT", f"{geo['num_pred_points']} / {geo['num_gt_points']}", "points")
+    source = metrics.get("source")
+    if source:
+        table.add_row(
+            "mesh from checkpoint step",
+            f"{source.get('step', '?')} of {source.get('max_num_iterations', '?')}",
+            "run finished" if source.get("finished") else "run NOT finished",
+        )
     for key, label in (("all", "all views"), ("heldout", f"held-out {nrm.get('heldout_views', [])}")):
         s = nrm.get(key)
         if s is None:

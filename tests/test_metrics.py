@@ -365,3 +365,108 @@ def test_dataset_with_noisy_poses_is_evaluated_with_true_poses(sphere_mesh_path,
     # With the stored (perturbed) poses the rendered silhouettes would miss the masks by several pixels.
     assert m["normals"]["all"]["silhouette_iou"] == pytest.approx(1.0, abs=1e-3)
     assert m["normals"]["all"]["mae_deg"] < 0.01 and m["geometry"]["chamfer"] == 0.0
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Silent nonsense: meshes in the wrong units or frame, non-finite vertices; where a mesh came from
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _moved_gt(sphere_dir: Path, path: Path, transform: np.ndarray) -> Path:
+    mesh = trimesh.load(sphere_dir / "mesh_Gt.ply", force="mesh", process=False)
+    mesh.apply_transform(transform)
+    mesh.export(path)
+    return path
+
+
+def _scale(s: float) -> np.ndarray:
+    return np.diag([s, s, s, 1.0])
+
+
+def _run_eval(capsys, **kwargs) -> tuple[int, str, str]:
+    code = main(EvalConfig(**kwargs))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize(
+    "case, transform",
+    [
+        ("metres-vs-mm", _scale(1e-3)),  # a mesh in metres against millimetre data: a speck no ray meets
+        ("wrong-frame", trimesh.transformations.translation_matrix([50.0, 0.0, 0.0])),
+    ],
+)
+def test_cli_refuses_a_mesh_no_mask_pixel_hits(sphere_dir, tmp_path, capsys, case, transform):
+    from pmni_method.data.diligent_mv import load_diligent_mv
+
+    mesh = _moved_gt(sphere_dir, tmp_path / f"{case}.ply", transform)
+    out = tmp_path / "metrics.json"
+    code, _, err = _run_eval(capsys, mesh=mesh, data=sphere_dir, output=out)
+    num_mask = int(np.count_nonzero(load_diligent_mv(sphere_dir, load_depth=False).masks))
+
+    def box(path: Path) -> str:
+        lo, hi = trimesh.load(path).bounds
+        return "[" + ", ".join(f"{x:.3g}" for x in lo) + "]..[" + ", ".join(f"{x:.3g}" for x in hi) + "]"
+
+    assert code == 2 and err == (
+        f"pmni-eval: error: {mesh}: the mesh is hit by 0 of {num_mask} mask pixels; its bounding box {box(mesh)} "
+        f"vs the ground truth's {box(sphere_dir / 'mesh_Gt.ply')}: wrong units or frame?\n"
+    )
+    assert not out.exists()
+
+
+def test_cli_warns_about_a_mesh_a_thousand_times_too_big(sphere_dir, tmp_path, capsys):
+    # The cameras sit inside the blown-up sphere and hit it from within: every mask pixel "hits".
+    mesh = _moved_gt(sphere_dir, tmp_path / "mm-vs-m.ply", _scale(1e3))
+    code, _, err = _run_eval(capsys, mesh=mesh, data=sphere_dir, output=tmp_path / "m.json")
+    assert code == 0
+    warnings = [line for line in err.splitlines() if line.startswith("pmni-eval: warning: ")]
+    assert len(warnings) == 1 and "diagonal is 1e+03 times the ground truth's" in warnings[0] and "wrong units?" in warnings[0]
+    assert json.loads((tmp_path / "m.json").read_text())["warnings"] == [warnings[0][len("pmni-eval: warning: "):]]
+
+
+def test_placement_warns_when_few_mask_pixels_hit():
+    from pmni_method.evaluation import check_placement
+
+    gt = trimesh.creation.icosphere(subdivisions=2)
+    assert check_placement(gt, gt, 900, 1000, "m.ply") == []
+    (few,) = check_placement(gt, gt, 100, 1000, "m.ply")
+    assert few.startswith("m.ply: only 100 of 1000 mask pixels (10 %) hit the mesh;")
+    assert check_placement(gt, gt, 0, 1000, "m.ply", require_hits=False)[0].startswith("m.ply: only 0 of 1000")
+
+
+def test_cli_refuses_non_finite_vertices(sphere_dir, tmp_path, capsys):
+    mesh = trimesh.load(sphere_dir / "mesh_Gt.ply", force="mesh", process=False)
+    vertices = mesh.vertices.copy()
+    vertices[[3, 7]] = [[np.nan, 0.0, 0.0], [0.0, np.inf, 0.0]]
+    path = tmp_path / "nan.ply"
+    trimesh.Trimesh(vertices, mesh.faces, process=False).export(path)
+    code, _, err = _run_eval(capsys, mesh=path, data=sphere_dir)
+    assert code == 2
+    assert err == f"pmni-eval: error: {path}: 2 of {len(vertices)} vertices are not finite (NaN or Inf)\n"
+
+
+@pytest.mark.parametrize("finished", [True, False])
+def test_cli_reports_the_run_a_mesh_came_from(sphere_dir, tmp_path, capsys, finished):
+    from pmni_method.export import write_mesh_atomic
+
+    source = {"run": "outputs/s/pmni-fast/t/config.yml", "checkpoint": "outputs/s/pmni-fast/t/nerfstudio_models/"
+              "step-000000449.ckpt", "step": 449, "max_num_iterations": 900, "finished": finished}
+    mesh = write_mesh_atomic(trimesh.load(sphere_dir / "mesh_Gt.ply", force="mesh"), tmp_path / "m.ply", source=source)
+    out = tmp_path / "m.json"
+    code, printed, err = _run_eval(capsys, mesh=mesh, data=sphere_dir, output=out)
+    assert code == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["source"] == source and metrics["geometry"]["fscore"] == 1.0
+    assert "449 of 900" in printed
+    if finished:
+        assert err == "" and metrics["warnings"] == []
+    else:
+        assert err == (
+            f"pmni-eval: warning: {mesh}: the mesh comes from a run that did not finish (checkpoint step 449 of 900)\n"
+        )
+
+    plain = tmp_path / "plain.ply"
+    trimesh.load(sphere_dir / "mesh_Gt.ply", force="mesh").export(plain)
+    code, _, _ = _run_eval(capsys, mesh=plain, data=sphere_dir, output=out)
+    assert code == 0 and json.loads(out.read_text())["source"] is None

@@ -97,6 +97,9 @@ def main(config: EvalConfig) -> int:
             refine_alignment=config.refine_alignment,
         )
         print_metrics(metrics)
+        for warning in metrics["warnings"]:
+            # Below the table, where they are seen; one line each, like the errors.
+            print(f"pmni-eval: warning: {warning}", file=sys.stderr)
         if config.output is not None:
             try:
                 write_json_atomic(metrics, config.output)
