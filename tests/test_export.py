@@ -246,7 +246,8 @@ def test_cli_refuses_folder_destinations_before_loading(tmp_path, monkeypatch, c
     (tmp_path / "mesh.poses.json").mkdir()
     code = export_cli.main(export_cli.ExportConfig(load_config=tmp_path / "c.yml", output=tmp_path / "mesh.ply"))
     err = capsys.readouterr().err
-    assert code == 2 and err == f"pmni-export: error: {tmp_path / 'mesh.poses.json'}: poses output is a folder, expected a file path\n"
+    poses = tmp_path / "mesh.poses.json"
+    assert code == 2 and err == f"pmni-export: error: {poses}: poses output is a folder, expected a file path\n"
 
 
 def _fail_replace_onto(monkeypatch, name: str, error: BaseException) -> list:
@@ -362,7 +363,8 @@ def test_cli_records_the_checkpoint_in_mesh_and_poses(tmp_path, monkeypatch, cap
 
 def test_formats_without_comments_say_where_the_source_went(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(export_cli, "load_pipeline", lambda path: (_posed_pipeline(SphereField()), _fake_source(path)))
-    code = export_cli.main(export_cli.ExportConfig(load_config=tmp_path / "c.yml", output=tmp_path / "m.stl", resolution=16))
+    config = export_cli.ExportConfig(load_config=tmp_path / "c.yml", output=tmp_path / "m.stl", resolution=16)
+    code = export_cli.main(config)
     assert code == 0 and "recorded only in the poses file" in capsys.readouterr().out
     assert json.loads((tmp_path / "m.poses.json").read_text())[0]["source"]["step"] == 99
 
@@ -414,7 +416,9 @@ def test_export_of_a_real_run_records_its_checkpoint(trained_run: Path, tmp_path
     out = tmp_path / "mesh.ply"
     assert export_cli.main(export_cli.ExportConfig(load_config=trained_run, output=out, resolution=16)) == 0
     assert "did not finish" not in capsys.readouterr().out
-    expected = {"run": str(trained_run), "checkpoint": str(checkpoint), "step": 1, "max_num_iterations": 2, "finished": True}
+    expected = {
+        "run": str(trained_run), "checkpoint": str(checkpoint), "step": 1, "max_num_iterations": 2, "finished": True
+    }
     assert read_mesh_source(out) == expected
     assert all(e["source"] == expected for e in json.loads((tmp_path / "mesh.poses.json").read_text()))
 

@@ -421,7 +421,8 @@ def test_cli_warns_about_a_mesh_a_thousand_times_too_big(sphere_dir, tmp_path, c
     code, _, err = _run_eval(capsys, mesh=mesh, data=sphere_dir, output=tmp_path / "m.json")
     assert code == 0
     warnings = [line for line in err.splitlines() if line.startswith("pmni-eval: warning: ")]
-    assert len(warnings) == 1 and "diagonal is 1e+03 times the ground truth's" in warnings[0] and "wrong units?" in warnings[0]
+    assert len(warnings) == 1 and "wrong units?" in warnings[0]
+    assert f"{mesh}: its bounding-box diagonal is 1e+03 times the ground truth's" in warnings[0]
     assert json.loads((tmp_path / "m.json").read_text())["warnings"] == [warnings[0][len("pmni-eval: warning: "):]]
 
 

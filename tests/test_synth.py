@@ -515,7 +515,9 @@ synth_cli.entrypoint()
 """
 
 
-@pytest.mark.parametrize("name, code, said", [("SIGTERM", 143, "terminated (SIGTERM)"), ("SIGINT", 130, "interrupted (Ctrl-C)")])
+@pytest.mark.parametrize(
+    "name, code, said", [("SIGTERM", 143, "terminated (SIGTERM)"), ("SIGINT", 130, "interrupted (Ctrl-C)")]
+)
 def test_a_signal_mid_render_removes_the_staging_folder(tmp_path, sphere_mesh_path, name, code, said):
     result = subprocess.run(
         [sys.executable, "-c", _SIGNAL_MID_RENDER.replace("{signal}", name), str(tmp_path), str(sphere_mesh_path)],
