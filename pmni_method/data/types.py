@@ -15,6 +15,10 @@ class PMNIDataError(ValueError):
     """Bad input data. The message is one line: the offending file or folder, then what is wrong with it."""
 
 
+class PMNIDataWarning(UserWarning):
+    """Borderline input data that loads but may train badly. The message is one line, like :class:`PMNIDataError`."""
+
+
 @dataclass
 class MultiViewNormalData:
     """All views of one object, in the normalised frame (object inside the unit sphere)."""
