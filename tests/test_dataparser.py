@@ -143,9 +143,12 @@ def test_camera_space_normals_match_world_space(tmp_path: Path, rotated: bool) -
     m = world.masks
     assert angle_deg(world.normals[m], camera.normals[m]).max() < 0.01
     np.testing.assert_array_equal(camera.normals, forced.normals)
-    # Reading camera-space maps as world-space must be visibly wrong (guards against a no-op conversion).
-    wrong = load_diligent_mv(root, normal_dir="normal_camera_space_GT", normal_space="world")
+    # Reading camera-space maps as world-space must be visibly wrong (guards against a no-op conversion); the
+    # plausibility checks refuse such data, so they are off here.
+    wrong = load_diligent_mv(root, normal_dir="normal_camera_space_GT", normal_space="world", data_checks="off")
     assert angle_deg(world.normals[m], wrong.normals[m]).mean() > 20.0
+    with pytest.raises(PMNIDataError, match="facing away from the camera"):
+        load_diligent_mv(root, normal_dir="normal_camera_space_GT", normal_space="world")
 
 
 def test_png16_and_npy_read_like_exr(tmp_path: Path, sphere_data: Path) -> None:

@@ -12,6 +12,9 @@ Layout::
 The poses training starts from are the stored ones by default; :class:`pmni_method.poses.PoseInitConfig` swaps them
 for noisy, ring or file poses (pose-free reconstruction) while the true ones stay in ``gt_c2w``.
 
+Loading ends with the plausibility checks of :mod:`pmni_method.data.plausibility` (normals facing their cameras,
+the object inside the unit sphere of ``scale_mat``), which refuse data in a wrong convention before it trains.
+
 Files are matched by view index, the last integer in the file stem (``000.exr``, ``view_01.png``).
 Nothing here imports nerfstudio or torch: the core runs without them.
 """
@@ -20,13 +23,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Dict, Iterable, List, Literal, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
 import scipy.ndimage
 
 from pmni_method import cameras, poses
-from pmni_method.data import io
+from pmni_method.data import io, plausibility
 from pmni_method.data.types import MultiViewNormalData, PMNIDataError
 
 NormalSpace = Literal["auto", "world", "camera"]
@@ -207,6 +210,8 @@ def load_diligent_mv(
     depth_dir: Optional[str] = "integration/perspective",
     load_depth: bool = True,
     pose_init: Optional[poses.PoseInitConfig] = None,
+    data_checks: plausibility.DataChecks = "error",
+    warn: Optional[Callable[[str], None]] = None,
 ) -> MultiViewNormalData:
     """Load every view of a DiLiGenT-MV style dataset into the normalised frame (ascending view id).
 
@@ -216,6 +221,10 @@ def load_diligent_mv(
     are the true poses already. Normal maps stored in camera space are turned into world space with the poses
     training starts from (``c2w``): a pose-free run must not see the stored (true) poses through its normals, and
     pose refinement rotates these normals on with each camera's correction.
+
+    ``data_checks`` sets what the plausibility checks do with implausible data: ``"error"`` refuses clearly wrong
+    data and warns on borderline data, ``"warn"`` only warns, ``"off"`` skips them. Each warning is one line passed
+    to ``warn`` (default: :func:`warnings.warn` with :class:`~pmni_method.data.types.PMNIDataWarning`).
 
     Raises :class:`PMNIDataError` (one line: ``"<path>: <problem>"``) on any bad input.
     """
@@ -227,6 +236,7 @@ def load_diligent_mv(
     if not isinstance(downscale_factor, (int, np.integer)) or downscale_factor < 1:
         raise _error(data_dir, f"downscale factor must be a positive integer, not {downscale_factor!r}")
     space = resolve_normal_space(normal_dir, normal_space)
+    checks = plausibility.PlausibilityChecks(mode=data_checks)
 
     camera_path = data_dir / CAMERAS_FILE
     if not camera_path.is_file():
@@ -241,10 +251,18 @@ def load_diligent_mv(
     K, c2w, c2w_world, scale_mat = _read_cameras(camera_path, camera_arrays, view_ids)
     normalisation = cameras.Normalisation(scale_mat)
     gt_c2w = None
+    # The plausibility checks judge the dataset's own poses, never a pose-init start: the true ones when
+    # cameras_gt.npz has them, else the stored ones, unless a ring or file start says those may be placeholders
+    # (the loader then needs only their intrinsics). Without poses, checks that need them are skipped.
+    check_c2w: Optional[np.ndarray] = c2w
+    check_c2w_world: Optional[np.ndarray] = c2w_world
     if (data_dir / GT_CAMERAS_FILE).is_file():
         gt_path = data_dir / GT_CAMERAS_FILE
-        gt_c2w = _read_cameras(gt_path, io.read_npz(gt_path), view_ids, scale_mat=scale_mat)[1]
+        _, gt_c2w, check_c2w_world, _ = _read_cameras(gt_path, io.read_npz(gt_path), view_ids, scale_mat=scale_mat)
+        check_c2w = gt_c2w
     pose_init = pose_init if pose_init is not None else poses.PoseInitConfig()
+    if gt_c2w is None and pose_init.pose_init in ("ring", "file"):
+        check_c2w = check_c2w_world = None
     # Chosen before any image is read, so that a bad pose option or poses file fails fast.
     init_c2w = poses.initial_poses(pose_init, c2w, gt_c2w if gt_c2w is not None else c2w, view_ids, normalisation)
     if pose_init.pose_init != "gt" and gt_c2w is None:
@@ -276,6 +294,10 @@ def load_diligent_mv(
         if not mask.any():
             raise _error(mask_files[view], "mask is empty (no foreground pixel)")
         normals = _check_and_repair_normals(normal_files[view], normals, mask)
+        if checks.enabled and (space == "camera" or check_c2w_world is not None):
+            # Camera-space maps are judged by the intrinsics alone; world-space ones through the checked pose.
+            view_c2w = None if space == "camera" else check_c2w_world[pos]  # type: ignore[index]
+            checks.add_view_normals(normal_files[view], normals, mask, K[pos], view_c2w)
         if space == "camera":
             normals = cameras.camera_normals_to_world(normals, normal_c2w_world[pos])
         normals = np.where(mask[..., None], normalisation.normals_to_normalised(normals), 0.0)
@@ -283,6 +305,11 @@ def load_diligent_mv(
         masks_list.append(mask)
     normals_all = np.stack(normals_list)
     masks_all = np.stack(masks_list)
+    if checks.enabled:
+        if check_c2w is not None:
+            checks.check_scale(camera_path, [mask_files[v] for v in view_ids], view_ids, masks_all, K, check_c2w)
+        checks.check_orientation(space)
+        checks.finish(warn)
 
     depths = None
     if load_depth and depth_dir is not None and (data_dir / depth_dir).is_dir():

@@ -21,6 +21,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from pmni_method import cameras
 from pmni_method.data.diligent_mv import find_normal_maps, load_diligent_mv, split_indices
+from pmni_method.data.plausibility import DataChecks
 from pmni_method.data.types import MultiViewNormalData, PMNIDataError
 from pmni_method.poses import PoseInit, PoseInitConfig, PoseNoiseDistribution
 
@@ -43,6 +44,8 @@ class DiligentMVDataParserConfig(DataParserConfig):
     """View indices held out of training for evaluation (val/test use all views when empty)."""
     load_depth: bool = True
     """Load integration/perspective/*.npy depth maps when the dataset has them."""
+    data_checks: DataChecks = "error"
+    """Load-time checks that normals face the cameras and the object fits the unit sphere: error = refuse, warn, off."""
     pose_init: PoseInit = PoseInitConfig.pose_init
     """Start poses of all views: gt = cameras_sphere.npz as is; noisy = true + noise; ring = turntable; file."""
     pose_noise_rotation_deg: float = PoseInitConfig.pose_noise_rotation_deg
@@ -103,6 +106,8 @@ class DiligentMVDataParser(DataParser):
                 downscale_factor=self.config.downscale_factor,
                 load_depth=self.config.load_depth,
                 pose_init=self.config.pose_init_config(),
+                data_checks=self.config.data_checks,
+                warn=_print_warning,
             )
         return self._data
 
@@ -131,6 +136,11 @@ class DiligentMVDataParser(DataParser):
                 "view_ids": list(subset.view_ids),
             },
         )
+
+
+def _print_warning(line: str) -> None:
+    # Borderline data trains, but the user should see why its result may be off: one yellow line per finding.
+    CONSOLE.print(f"pmni: warning: {line}", style="yellow", markup=False, highlight=False, soft_wrap=True)
 
 
 def to_nerfstudio_cameras(data: MultiViewNormalData) -> Cameras:
