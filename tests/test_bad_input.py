@@ -256,3 +256,31 @@ def test_downscale_factor_that_empties_masks(data_dir: Path) -> None:
     io.write_mask(path, tiny)
     load_diligent_mv(data_dir)
     expect_error(lambda: load_diligent_mv(data_dir, downscale_factor=8), data_dir, "empty masks in views 1")
+
+
+# Plausibility checks (pmni_method.data.plausibility): files that read fine but hold data in a wrong convention.
+
+
+def test_normals_facing_away_from_their_camera(data_dir: Path) -> None:
+    path = data_dir / NORMALS / "001.exr"
+    io.write_exr(path, -io.read_exr(path))  # a sign-flipped map
+    expect_error(lambda: load_diligent_mv(data_dir), path, "100% of the mask pixels", "facing away from the camera")
+
+
+def test_camera_space_normals_in_opencv_axes(data_dir: Path) -> None:
+    folder = data_dir / "normal_camera_space_GT"
+    for path in sorted(folder.iterdir()):
+        io.write_exr(path, io.read_exr(path) * np.float32([1.0, -1.0, -1.0]))  # y down, z forward
+    message = expect_error(
+        lambda: load_diligent_mv(data_dir, normal_dir=folder.name), folder / "000.exr", "facing away", "3 of 3 views"
+    )
+    assert "x right, y up, z toward the camera" in message
+
+
+def test_scale_mat_sphere_too_small(data_dir: Path) -> None:
+    def halve_radius(arrays: dict) -> None:
+        for key in [k for k in arrays if k.startswith("scale_mat_")]:
+            arrays[key] = arrays[key] @ np.diag([0.5, 0.5, 0.5, 1.0])
+
+    _rewrite_npz(data_dir / "cameras_sphere.npz", halve_radius)
+    expect_error(lambda: load_diligent_mv(data_dir), data_dir / "cameras_sphere.npz", "miss the unit sphere")
