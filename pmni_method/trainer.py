@@ -1,32 +1,56 @@
 """nerfstudio's trainer with these additions: schedules follow the iteration count, atomic checkpoints that carry
-the random streams, --resume, and one-line failures when the output folder cannot be written.
+the random streams, --resume, one run folder per process, a clean stop on SIGINT/SIGTERM, and one-line failures
+when the output folder cannot be written.
 
 The training loop itself is nerfstudio's; the non-finite guard lives in :mod:`pmni_method.pipeline`.
+
+What protects a user's result:
+
+* a fresh run claims a folder no other run has (``mkdir`` is exclusive; two runs started in the same second get
+  ``<timestamp>`` and ``<timestamp>-2``) and holds a lock on it (:mod:`pmni_method.runlock`) until it ends;
+* ``--resume`` refuses a run another process holds, and on a finished run says so and exits 0 writing nothing;
+* a checkpoint is never written with a lower step than the one loaded, and saving keeps no *newer* checkpoint off
+  disk; temporary files are per process;
+* SIGINT/SIGTERM finish the current step, write a checkpoint and exit 130/143 with one line; a second signal stops
+  at once (the newest checkpoint is kept).
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import random
 import re
 import shutil
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Tuple, Type
+from typing import Any, Dict, Iterator, List, Literal, Optional, Tuple, Type
 
 import numpy as np
 import torch
 import yaml
 from torch import Tensor
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
+from nerfstudio.utils import writer
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from pmni_method import runlock
 from pmni_method.atomic import atomic_write
 
 CHECKPOINT_NAME = re.compile(r"^step-(\d{9})\.ckpt$")
 TMP_DIR_NAME = ".checkpoint-tmp"
+RUN_SUFFIX = re.compile(r"^(.*?)(?:-(\d+))?$")
+TMP_SUFFIX = re.compile(r"\.(\d+)\.tmp$")
 EXIT_CANNOT_WRITE = 2
 """Exit code when the run folder or the final checkpoint cannot be written (the user has to fix the disk)."""
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+"""Exit codes after an interrupt: 128 + the signal number, as a shell reports a process killed by it."""
+RUN_INFO_KEY = "pmni_run"
+"""Checkpoint key of ``{"finished": bool, "max_num_iterations": int}``: whether the run had completed at that step."""
 
 
 @dataclass
@@ -41,20 +65,80 @@ class PMNITrainerConfig(TrainerConfig):
     def save_config(self) -> None:
         """Write config.yml atomically, or stop with one line when the run folder cannot be written (read-only, full).
 
-        On failure nothing is left behind: no partial config.yml, and no run folders this call created.
+        A run folder this process does not hold yet is claimed first: created exclusively (a timestamp another run
+        already took gets a ``-2``, ``-3``, ... suffix) and locked for the rest of the process. On failure nothing
+        is left behind: no partial config.yml, and no folders this call created.
         """
+        if self.wants_adoption() and self._adopt_previous_run():
+            return
         base_dir = self.get_base_dir()
-        path = base_dir / "config.yml"
-        created = next((d for d in reversed([base_dir, *base_dir.parents]) if not d.exists()), None)
-        CONSOLE.log(f"Saving config to: {path}")
+        claimed: Optional[Path] = None
+        created = next((d for d in reversed([*base_dir.parents]) if not d.exists()), None)
         try:
-            base_dir.mkdir(parents=True, exist_ok=True)
+            if not runlock.holds(base_dir):
+                base_dir = claimed = self._claim_run_dir()
+            path = base_dir / "config.yml"
+            CONSOLE.log(f"Saving config to: {path}")
             with atomic_write(path, "w") as f:
                 f.write(yaml.dump(self))
         except OSError as err:
-            if created is not None:
-                shutil.rmtree(created, ignore_errors=True)
+            for folder in (claimed, created):
+                if folder is not None:
+                    runlock.release(folder)
+                    shutil.rmtree(folder, ignore_errors=True)
             fail(f"cannot write the run folder {base_dir}: {describe_os_error(err)}")
+
+    def wants_adoption(self) -> bool:
+        """``--resume`` with no explicit checkpoint: the earlier run is still to be found."""
+        return bool(self.resume) and self.load_dir is None and self.load_checkpoint is None
+
+    def _adopt_previous_run(self) -> bool:
+        """Point this config at the newest earlier run and lock it; False when there is none (train from scratch).
+
+        Runs before anything is written, so a refused or complete run is left exactly as it was: a run another
+        process holds stops with one line (exit 2), a finished one with "already complete" (exit 0).
+        """
+        run = find_resumable_run(self)
+        if run is None:
+            self.resume = False
+            CONSOLE.print("--resume: no earlier run with a checkpoint found; training from scratch.")
+            return False
+        try:
+            runlock.acquire(run)
+        except runlock.RunInUse as err:
+            fail(f"--resume: {err}; wait for it to end or stop it first (one process per run folder)")
+        last = checkpoint_steps(run / self.relative_model_dir)[-1]
+        if last + 1 >= int(self.max_num_iterations):
+            runlock.release(run)
+            CONSOLE.print(
+                f"pmni: run already complete at step {last}: {run}; nothing to do "
+                "(a larger --max-num-iterations trains it further)",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise SystemExit(0)
+        self.timestamp = run.name
+        self.load_dir = run / self.relative_model_dir
+        # The run folder's config.yml should describe the command that continues it.
+        self.save_config()
+        CONSOLE.print(f"--resume: continuing {run}")
+        return True
+
+    def _claim_run_dir(self) -> Path:
+        """Create and lock a run folder of this experiment that did not exist before; sets ``timestamp`` to it."""
+        stem = self.timestamp
+        self.get_base_dir().parent.mkdir(parents=True, exist_ok=True)
+        for n in itertools.count(1):
+            self.timestamp = stem if n == 1 else f"{stem}-{n}"
+            candidate = self.get_base_dir()
+            try:
+                candidate.mkdir()
+            except FileExistsError:
+                continue
+            runlock.acquire(candidate)
+            return candidate
+        raise AssertionError("unreachable")
 
 
 def describe_os_error(err: OSError) -> str:
@@ -70,7 +154,7 @@ def describe_os_error(err: OSError) -> str:
 
 def fail(message: str, code: int = EXIT_CANNOT_WRITE) -> None:
     """Print one red line and exit with ``code``: what the user must fix is not worth a traceback."""
-    CONSOLE.print(f"pmni: {message}", style="bold red", markup=False, highlight=False, soft_wrap=True)
+    say(message)
     raise SystemExit(code)
 
 
@@ -159,21 +243,18 @@ def sync_run_length(config: TrainerConfig) -> None:
 
 
 def find_resumable_run(config: TrainerConfig) -> Optional[Path]:
-    """The newest run folder of this experiment/method holding a checkpoint.
-
-    The folder ns-train has just created for this command holds no checkpoint and so is never picked, unless it is
-    the interrupted run itself: timestamps have one-second resolution, and a run restarted within the second it
-    crashed in gets the same folder name.
-    """
-    method_dir = Path(config.output_dir) / config.experiment_name / config.method_name
+    """The newest run folder of this experiment/method holding a checkpoint (None when there is none)."""
+    method_dir = config.get_base_dir().parent
     if not method_dir.is_dir():
         return None
-    runs = [
-        d
-        for d in sorted(method_dir.iterdir(), reverse=True)
-        if d.is_dir() and checkpoint_steps(d / config.relative_model_dir)
-    ]
-    return runs[0] if runs else None
+    runs = [d for d in method_dir.iterdir() if d.is_dir() and checkpoint_steps(d / config.relative_model_dir)]
+    return max(runs, key=_run_order) if runs else None
+
+
+def _run_order(run_dir: Path) -> Tuple[str, int]:
+    """``<timestamp>-<n>`` (a run started in a second another run had taken) sorts after ``<timestamp>``, by n."""
+    match = RUN_SUFFIX.match(run_dir.name)
+    return (match.group(1), int(match.group(2) or 1)) if match else (run_dir.name, 1)
 
 
 class PMNITrainer(Trainer):
@@ -183,9 +264,11 @@ class PMNITrainer(Trainer):
 
     def __init__(self, config: PMNITrainerConfig, local_rank: int = 0, world_size: int = 1) -> None:
         sync_run_length(config)
-        self._resumed_from: Optional[Path] = None
-        if getattr(config, "resume", False) and config.load_dir is None and config.load_checkpoint is None:
-            self._adopt_previous_run(config)
+        self._phase = "setup"
+        self._interrupt: Optional[int] = None
+        self._end_step = int(config.max_num_iterations)
+        if config.wants_adoption():
+            config.save_config()  # ns-train saves the config first; a caller that did not gets the same resume
         super().__init__(config, local_rank, world_size)
         if self.device.split(":")[0] != "cuda":
             # nerfstudio turns autocast off on CPU but keeps a GradScaler enabled if mixed_precision was asked for;
@@ -194,37 +277,100 @@ class PMNITrainer(Trainer):
             self.use_grad_scaler = False
             self.grad_scaler = torch.amp.GradScaler("cuda", enabled=False)
 
-    @staticmethod
-    def _adopt_previous_run(config: PMNITrainerConfig) -> None:
-        run = find_resumable_run(config)
-        if run is None:
-            CONSOLE.print("--resume: no earlier run with a checkpoint found; training from scratch.")
-            return
-        fresh = config.get_base_dir()
-        # ns-train saved config.yml into a new timestamped folder before we got here; drop it if that is all it has.
-        if fresh.is_dir() and {p.name for p in fresh.iterdir()} <= {"config.yml"}:
-            shutil.rmtree(fresh, ignore_errors=True)
-        config.timestamp = run.name
-        config.load_dir = run / config.relative_model_dir
-        # The run folder's config.yml should describe the command that continues it.
-        config.save_config()
-        CONSOLE.print(f"--resume: continuing {run}")
-
     def setup(self, test_mode: Literal["test", "val", "inference"] = "val") -> None:
         try:
-            super().setup(test_mode)
+            with self._signals_stop("setup"):
+                super().setup(test_mode)
         except SystemExit:
             # Bad data stops us before the first step: a run folder holding only config.yml would look like a run.
             self._discard_unstarted_run()
+            runlock.release(self.base_dir)
+            raise
+        except BaseException:
+            runlock.release(self.base_dir)
             raise
         if getattr(self.config, "resume", False) and self._start_step > 0:
             # nerfstudio runs max_num_iterations MORE steps after a loaded checkpoint; resume means "finish the run".
             self.config.max_num_iterations = max(int(self.config.max_num_iterations) - self._start_step, 0)
+        self._end_step = self._start_step + int(self.config.max_num_iterations)
+        # Last, so that the step it saves has been through every other callback (the non-finite guard included).
+        self.callbacks.append(
+            TrainingCallback(where_to_run=[TrainingCallbackLocation.AFTER_TRAIN_ITERATION], func=self._stop_if_interrupted)
+        )
+
+    def train(self) -> None:
+        try:
+            with self._signals_stop("loop"):
+                super().train()
+        finally:
+            runlock.release(self.base_dir)
+
+    # ------------------------------------------------------------------ interrupts
+    @contextlib.contextmanager
+    def _signals_stop(self, phase: str) -> Iterator[None]:
+        """SIGINT/SIGTERM handled by :meth:`_on_signal` inside the block (only the main thread may set handlers)."""
+        self._phase = phase
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {signum: signal.signal(signum, self._on_signal) for signum in EXIT_SIGNAL}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        code = EXIT_SIGNAL.get(signum, 1)
+        if self._phase == "idle":
+            raise SystemExit(0)  # the viewer was showing a finished, saved run: "Use ctrl+c to quit"
+        if self._phase == "setup":
+            say("interrupted before training started; nothing saved")
+            raise SystemExit(code)
+        if self._interrupt is not None and self._phase == "loop":
+            last = checkpoint_steps(self.checkpoint_dir)
+            kept = f"the newest checkpoint (step {last[-1]}) is kept" if last else "no checkpoint was written"
+            say(f"stopped at once by a second {signal.Signals(signum).name} at step {self.step}; {kept}")
+            raise SystemExit(code)
+        self._interrupt = signum
+        if self.training_state == "paused":
+            self.training_state = "training"  # the loop only checks for an interrupt after a step
+        CONSOLE.print(
+            f"pmni: {signal.Signals(signum).name}: finishing step {self.step}, then saving (again to stop at once)",
+            style="yellow",
+            markup=False,
+            highlight=False,
+        )
+
+    def _stop_if_interrupted(self, step: int) -> None:
+        """AFTER_TRAIN_ITERATION: after a signal, save this completed step and exit 130 (SIGINT) or 143 (SIGTERM)."""
+        if self._interrupt is None:
+            return
+        saved = self.save_checkpoint(step)
+        writer.write_out_storage()
+        self.shutdown()
+        if saved is None:
+            say(f"interrupted at step {step}; the checkpoint could not be written")
+        else:
+            say(f"interrupted at step {step}; saved {saved}; continue with --resume True")
+        raise SystemExit(EXIT_SIGNAL.get(self._interrupt, 1))
+
+    def _after_train(self) -> None:
+        self._phase = "final"
+        super()._after_train()
+        # A signal that came during the final save changes nothing: the run is complete and saved.
+
+    def _train_complete_viewer(self) -> None:
+        self._phase = "idle"
+        if self._interrupt is not None:
+            raise SystemExit(0)
+        super()._train_complete_viewer()
 
     def _discard_unstarted_run(self) -> None:
         base_dir = self.config.get_base_dir()
-        if not base_dir.is_dir() or {p.name for p in base_dir.iterdir()} - {"config.yml"}:
+        if not base_dir.is_dir() or {p.name for p in base_dir.iterdir()} - UNSTARTED_RUN_FILES:
             return
+        runlock.release(base_dir)
         shutil.rmtree(base_dir, ignore_errors=True)
         output_dir = Path(self.config.output_dir).resolve()
         for parent in base_dir.parents:
@@ -238,7 +384,7 @@ class PMNITrainer(Trainer):
         if load_dir is not None and self.config.load_step is None:
             # Pick the newest checkpoint that actually loads: a run killed mid-write by an older nerfstudio
             # (or a full disk) may have left a truncated file behind.
-            shutil.rmtree(Path(load_dir).parent / TMP_DIR_NAME, ignore_errors=True)
+            remove_stale_temporaries(Path(load_dir).parent / TMP_DIR_NAME)
             for step in reversed(checkpoint_steps(Path(load_dir))):
                 path = Path(load_dir) / f"step-{step:09d}.ckpt"
                 try:
@@ -282,12 +428,19 @@ class PMNITrainer(Trainer):
         """Write to a temporary file beside the checkpoint folder, fsync, then rename: never a half-written .ckpt.
 
         Holds step, pipeline (model incl. its buffers such as the occupancy grid, and any pose refinement),
-        optimisers, schedulers, grad scaler and every random stream. Returns the checkpoint, or None when it could
-        not be written (the previous one is kept; the run goes on, as space may come back). A failed *final* save
-        stops the process with one line and exit code 2: a finished run without its result must not look fine.
+        optimisers, schedulers, grad scaler, every random stream and :data:`RUN_INFO_KEY`. Returns the checkpoint,
+        or None when it could not be written (the previous one is kept; the run goes on, as space may come back). A
+        failed *final* save stops the process with one line and exit code 2: a finished run without its result
+        must not look fine. A step below the loaded one is never written (it would label the loaded state wrongly
+        and, with ``save_only_latest_checkpoint``, replace it).
         """
+        if step < self._start_step - 1:
+            CONSOLE.print(f"pmni: not saving step {step}: the run was loaded at step {self._start_step - 1}")
+            return None
         final = self.checkpoint_dir / f"step-{step:09d}.ckpt"
-        tmp = self.checkpoint_dir.parent / TMP_DIR_NAME / final.name
+        # Per process: a second process on the same folder (refused by the lock, but not every writer takes it)
+        # must never rename our half-written file into place.
+        tmp = self.checkpoint_dir.parent / TMP_DIR_NAME / f"{final.name}.{os.getpid()}.tmp"
         pipeline = self.pipeline.module if hasattr(self.pipeline, "module") else self.pipeline
         state = {
             "step": step,
@@ -296,6 +449,10 @@ class PMNITrainer(Trainer):
             "schedulers": {k: v.state_dict() for (k, v) in self.optimizers.schedulers.items()},
             "scalers": self.grad_scaler.state_dict(),
             "rng": capture_rng_state(self.pipeline.datamanager),
+            RUN_INFO_KEY: {
+                "finished": self.training_state == "completed" and step + 1 >= self._end_step,
+                "max_num_iterations": int(self._end_step),
+            },
         }
         try:
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -318,8 +475,32 @@ class PMNITrainer(Trainer):
                 soft_wrap=True,
             )
             return None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         if self.config.save_only_latest_checkpoint:
             for old in checkpoint_steps(self.checkpoint_dir):
-                if old != step:
+                if old < step:
                     (self.checkpoint_dir / f"step-{old:09d}.ckpt").unlink(missing_ok=True)
         return final
+
+
+UNSTARTED_RUN_FILES = {"config.yml"}
+"""What a run folder holds before its first step: removing such a folder loses nothing."""
+
+
+def say(message: str) -> None:
+    """One red line that does not stop anything by itself."""
+    CONSOLE.print(f"pmni: {message}", style="bold red", markup=False, highlight=False, soft_wrap=True)
+
+
+def remove_stale_temporaries(tmp_dir: Path) -> None:
+    """Delete checkpoint temporaries whose writer process is gone (a live writer's file is left alone)."""
+    import psutil
+
+    if not tmp_dir.is_dir():
+        return
+    for path in tmp_dir.iterdir():
+        match = TMP_SUFFIX.search(path.name)
+        if match is None or not psutil.pid_exists(int(match.group(1))) or int(match.group(1)) == os.getpid():
+            path.unlink(missing_ok=True)
