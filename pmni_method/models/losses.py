@@ -29,7 +29,10 @@ def normal_loss(pred: Tensor, target: Tensor, fg_mask: Tensor, kind: Literal["l2
 def mask_loss(accumulation: Tensor, fg_mask: Tensor, eps: float = 1e-3) -> Tensor:
     """Binary cross-entropy of accumulated opacity against the silhouette, over all rays (background included)."""
     acc = accumulation.reshape(-1).clamp(eps, 1.0 - eps)
-    return torch.nn.functional.binary_cross_entropy(acc, fg_mask.reshape(-1).to(acc.dtype))
+    target = fg_mask.reshape(-1).to(acc.dtype)
+    # Written out rather than F.binary_cross_entropy, which raises on a NaN input instead of returning NaN: a
+    # diverged step must reach the non-finite guard (skip, count, save and stop) like every other loss term.
+    return -(target * acc.log() + (1.0 - target) * (-acc).log1p()).mean()
 
 
 def eikonal_loss(gradients: Tensor) -> Tensor:
