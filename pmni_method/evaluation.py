@@ -650,7 +650,11 @@ def evaluate(
     pred_mesh = load_mesh(mesh_path)
     gt_mesh = load_mesh(gt_path)
 
-    data = load_diligent_mv(data_dir, downscale_factor=downscale_factor, load_depth=False)
+    # The reference data only warns here: a run trained past the checks (--data-checks warn) must still be scored.
+    data_warnings: List[str] = []
+    data = load_diligent_mv(
+        data_dir, downscale_factor=downscale_factor, load_depth=False, data_checks="warn", warn=data_warnings.append
+    )
     missing = sorted(set(int(v) for v in heldout_views) - set(data.view_ids))
     if missing:
         raise EvaluationInputError(f"{data_dir}: held-out view ids {missing} are not in the dataset (has {data.view_ids})")
@@ -692,7 +696,7 @@ def evaluate(
         "source": source,
         **metrics,
     }
-    metrics["warnings"] = source_warnings(source, str(mesh_path)) + metrics["warnings"]
+    metrics["warnings"] = data_warnings + source_warnings(source, str(mesh_path)) + metrics["warnings"]
     if pose_report is not None:
         metrics["poses"] = {**pose_report, "mesh_aligned_by_poses": bool(align_to_poses)}
     return metrics
