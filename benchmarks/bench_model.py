@@ -119,7 +119,7 @@ def mesh_and_evaluate(core: PMNICore, data_dir: Path, data: MultiViewNormalData,
     from pmni_method.export import extract_mesh, write_mesh_atomic  # pylint: disable=import-outside-toplevel
 
     core.eval()
-    mesh = extract_mesh(lambda x: core.field.sdf(x)[:, 0], resolution=resolution, scale_mat=data.scale_mat)
+    mesh = extract_mesh(lambda x: core.field.sdf(x)[:, 0], resolution=resolution, normalisation=data.normalisation)
     with tempfile.TemporaryDirectory() as tmp:
         path = write_mesh_atomic(mesh, Path(tmp) / "mesh.ply")
         metrics = evaluate(path, data_dir, heldout_views=list(heldout), downscale_factor=downscale)

@@ -175,6 +175,16 @@ class Normalisation:
         """World units per normalised unit (the cube root of the determinant: exact for uniform scales)."""
         return float(abs(np.linalg.det(self.linear)) ** (1.0 / 3.0))
 
+    def nerfstudio_transform(self) -> Tuple[np.ndarray, float]:
+        """nerfstudio's ``(dataparser_transform, dataparser_scale)``: ``x_norm = scale * (T @ [x_world; 1])``.
+
+        With ``scale_mat = [A | c]`` and ``s = det(A)^(1/3)``: ``T = [s A^-1 | -s A^-1 c]`` (3x4), ``scale = 1 / s``;
+        for a uniform ``scale_mat`` (A = s I) that is ``T = [I | -c]``. The same map as :meth:`to_normalised`.
+        """
+        s = self.scale
+        rot = s * np.linalg.inv(self.linear)
+        return np.concatenate([rot, -(rot @ self.offset)[:, None]], axis=1), 1.0 / s
+
     def to_world(self, points: np.ndarray) -> np.ndarray:
         return np.asarray(points) @ self.linear.T + self.offset
 

@@ -31,7 +31,7 @@ from scipy.spatial import cKDTree
 
 from pmni_method.cameras import pixel_rays
 from pmni_method.data.diligent_mv import load_diligent_mv
-from pmni_method.data.types import PMNIDataError
+from pmni_method.errors import PMNIDataError
 from pmni_method.export import read_mesh_source
 from pmni_method.poses import pose_errors, read_poses_file, rotation_errors_deg, similarity_matrix
 

@@ -9,12 +9,8 @@ from __future__ import annotations
 import io
 import itertools
 import json
-import os
-import secrets
-import shutil
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 import mcubes
 import numpy as np
@@ -101,10 +97,11 @@ def largest_component(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
 def volume_to_mesh(
     volume: np.ndarray,
     bounds: Tuple[float, float] = (-1.0, 1.0),
-    scale_mat: Optional[np.ndarray] = None,
+    normalisation: Optional[Normalisation] = None,
     keep_largest: bool = True,
 ) -> trimesh.Trimesh:
-    """Zero level set of an SDF grid (negative inside) as a mesh with outward normals, in world units via ``scale_mat``."""
+    """Zero level set of an SDF grid (negative inside) as a mesh with outward normals, in world units when
+    ``normalisation`` is given."""
     volume = np.asarray(volume)
     if not np.all(np.isfinite(volume)):
         raise MeshExtractionError(f"the SDF has {int((~np.isfinite(volume)).sum())} NaN/Inf values on the grid")
@@ -119,10 +116,9 @@ def volume_to_mesh(
     lo, hi = float(bounds[0]), float(bounds[1])
     resolution = volume.shape[0]
     verts = lo + verts * ((hi - lo) / (resolution - 1))
-    if scale_mat is not None:
-        norm = Normalisation(np.asarray(scale_mat, dtype=np.float64))
-        verts = norm.to_world(verts)
-        if np.linalg.det(norm.linear) < 0:
+    if normalisation is not None:
+        verts = normalisation.to_world(verts)
+        if np.linalg.det(normalisation.linear) < 0:
             # A mirroring scale_mat would turn outward normals inward.
             faces = np.ascontiguousarray(faces[:, ::-1])
     # process=True merges the duplicate vertices marching cubes emits on shared cell edges, so split() sees
@@ -138,7 +134,7 @@ def extract_mesh(
     resolution: int = 256,
     bounds: Tuple[float, float] = (-1.0, 1.0),
     chunk: int = 2**18,
-    scale_mat: Optional[np.ndarray] = None,
+    normalisation: Optional[Normalisation] = None,
     keep_largest: bool = True,
     device: Optional[torch.device | str] = None,
     progress: Optional[Callable[[int, int], None]] = None,
@@ -146,10 +142,10 @@ def extract_mesh(
     """Mesh the zero level set of ``sdf_fn`` ((M, 3) normalised points -> (M,) SDF, negative inside).
 
     The SDF is evaluated in chunks under ``torch.no_grad`` on ``device`` (default: the device of the callable's
-    module). The result has outward normals and is in world units when ``scale_mat`` (normalised -> world) is given.
+    module). The result has outward normals and is in world units when ``normalisation`` is given.
     """
     volume = evaluate_sdf_grid(sdf_fn, resolution, bounds, chunk, device=device, progress=progress)
-    return volume_to_mesh(volume, bounds=bounds, scale_mat=scale_mat, keep_largest=keep_largest)
+    return volume_to_mesh(volume, bounds=bounds, normalisation=normalisation, keep_largest=keep_largest)
 
 
 MESH_SOURCE_TAG = "pmni-source"
@@ -210,128 +206,6 @@ def read_mesh_source(path: Path | str) -> Optional[Dict[str, Any]]:
     except (OSError, ValueError):
         return None
     return None
-
-
-class PublishError(Exception):
-    """A staged file could not be put in place; every target was left as it was before :meth:`FileGroup.publish`."""
-
-    def __init__(self, target: Path, cause: OSError, unrestored: Sequence[str] = ()) -> None:
-        super().__init__(f"{target}: {cause}")
-        self.target = target
-        """The target whose rename (or backup) failed."""
-        self.cause = cause
-        """The underlying error."""
-        self.unrestored = list(unrestored)
-        """Targets the rollback could not restore, each with where its previous version was kept (normally none)."""
-
-
-class FileGroup:
-    """Files that appear together or not at all (e.g. a mesh and its poses file).
-
-    :meth:`stage` writes each file's bytes to a temporary file beside its target (fsynced); :meth:`publish` renames
-    them into place in staging order. If any rename fails, or the process is interrupted while publishing, the
-    targets already replaced are rolled back: each gets its previous file back (kept as a hard link until the group
-    is complete), or is removed if it did not exist. Leaving the ``with`` block removes whatever was not published.
-
-    This helper could live in :mod:`pmni_method.atomic` beside ``atomic_write``.
-    """
-
-    def __init__(self) -> None:
-        self._staged: List[Tuple[Path, Path]] = []
-
-    def __enter__(self) -> "FileGroup":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.discard()
-
-    def stage(self, target: Path | str, data: bytes) -> None:
-        """Write ``data`` to a temporary file in ``target``'s folder (created if needed); raises OSError."""
-        target = Path(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        # Recorded before writing, so that discard() removes the file whatever happens next.
-        self._staged.append((target, Path(tmp)))
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp makes the file owner-only; give it the permissions a plain open() would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-
-    def discard(self) -> None:
-        """Remove the temporary files not yet published."""
-        for _, tmp in self._staged:
-            tmp.unlink(missing_ok=True)
-        self._staged = []
-
-    @staticmethod
-    def _keep_previous(target: Path) -> Optional[Path]:
-        """A second name for the file at ``target`` (None if there is none), so that it can be put back."""
-        if not os.path.lexists(target):
-            return None
-        backup = target.with_name(f".{target.name}.{secrets.token_hex(4)}.previous")
-        try:
-            # A hard link leaves the target in place, so there is never a moment without a file there.
-            os.link(target, backup, follow_symlinks=False)
-        except OSError:
-            shutil.copy2(target, backup, follow_symlinks=False)
-        return backup
-
-    def publish(self) -> None:
-        """Rename every staged file onto its target: all of them, or (raising :class:`PublishError`) none."""
-        replaced: List[Tuple[Path, Optional[Path]]] = []
-        backups: List[Path] = []
-        current: Optional[Path] = None
-        try:
-            for target, tmp in self._staged:
-                current = target
-                backup = self._keep_previous(target)
-                if backup is not None:
-                    backups.append(backup)
-                os.replace(tmp, target)
-                replaced.append((target, backup))
-        except BaseException as err:
-            # BaseException too: a Ctrl-C between two renames must not leave a mesh beside the wrong poses file.
-            unrestored = []
-            for target, backup in reversed(replaced):
-                try:
-                    if backup is None:
-                        target.unlink(missing_ok=True)
-                    else:
-                        os.replace(backup, target)
-                except OSError as undo:
-                    kept = f" (its previous version is kept as {backup})" if backup is not None else ""
-                    unrestored.append(f"{target}{kept}: {undo.strerror or undo}")
-                    if backup is not None:
-                        backups.remove(backup)
-            for backup in backups:
-                backup.unlink(missing_ok=True)
-            self.discard()
-            if isinstance(err, OSError) and current is not None:
-                raise PublishError(current, err, unrestored) from err
-            raise
-        for backup in backups:
-            backup.unlink(missing_ok=True)
-        self._staged = []
-        for folder in {target.parent for target, _ in replaced}:
-            _fsync_folder(folder)
-
-
-def _fsync_folder(folder: Path) -> None:
-    # The renames are durable only once the folder itself is flushed; not every platform or filesystem allows it.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_mesh_atomic(mesh: trimesh.Trimesh, output: Path | str, source: Optional[Dict[str, Any]] = None) -> Path:

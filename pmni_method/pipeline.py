@@ -27,7 +27,7 @@ from nerfstudio.utils import writer
 from torch import Tensor
 from torch.amp.grad_scaler import GradScaler
 
-from pmni_method.data.types import PMNIDataError
+from pmni_method.cameras import Normalisation
 from pmni_method.poses import pose_errors
 from pmni_method.stability import NonFiniteGuard
 
@@ -154,6 +154,10 @@ class PMNIPipeline(VanillaPipeline):
         has_depth = getattr(data, "depths", None) is not None
         return index, schedule.weights_at(step, has_depth)
 
+    def normalisation(self) -> Normalisation:
+        """The world <-> normalised map of the training data: what meshes and poses leave the run through."""
+        return self.datamanager.train_dataparser_outputs.metadata["pmni_data"].normalisation
+
     def refined_poses(self) -> Optional[np.ndarray]:
         """(N, 4, 4) OpenCV camera-to-worlds of the training views as currently refined; None without refinement.
 
@@ -185,8 +189,9 @@ class PMNIPipeline(VanillaPipeline):
             return None
         try:
             return pose_errors(est, gt)
-        except (PMNIDataError, np.linalg.LinAlgError):
-            return None  # e.g. fewer than three distinct camera centres: no alignment exists
+        except (ValueError, np.linalg.LinAlgError):
+            # ValueError: fewer than three camera centres, or collinear ones (align_cameras); no alignment exists.
+            return None
 
 
 def loss_term_name(key: str) -> str:

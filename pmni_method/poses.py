@@ -18,7 +18,7 @@ from scipy.spatial.transform import Rotation
 
 from pmni_method import cameras
 from pmni_method.data import io
-from pmni_method.data.types import PMNIDataError
+from pmni_method.errors import PMNIDataError
 
 
 def umeyama(src: np.ndarray, dst: np.ndarray, with_scale: bool = True) -> Tuple[float, np.ndarray, np.ndarray]:

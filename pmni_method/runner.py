@@ -111,14 +111,13 @@ def pipeline_mesh(pipeline: Any, resolution: int = 256, progress: Optional[Calla
     from pmni_method.export import extract_mesh
 
     model = pipeline.model
-    scale_mat = pipeline.datamanager.train_dataparser_outputs.metadata["scale_mat"]
     was_training = model.training
     model.eval()
     try:
         mesh = extract_mesh(
             lambda x: model.field.forward_geonetwork(x)[:, 0],
             resolution=resolution,
-            scale_mat=scale_mat,
+            normalisation=pipeline.normalisation(),
             device=next(model.parameters()).device,
             progress=progress,
         )

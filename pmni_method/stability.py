@@ -11,7 +11,7 @@ guard here works before any parameter or optimiser state changes, without forkin
 * :meth:`NonFiniteGuard.end_step` (from an AFTER_TRAIN_ITERATION callback) counts skipped steps and reports
   which loss term and which parameter group went non-finite; :meth:`NonFiniteGuard.stop_if_diverged` saves a
   checkpoint after ``max_consecutive`` skipped steps in a row and stops with one line and exit code
-  :data:`EXIT_DIVERGED`.
+  :data:`pmni_method.errors.EXIT_DIVERGED`.
 
 A step is skipped as a whole: updating some groups from a step whose loss or other gradients are garbage would
 leave the model in a state no healthy step produces.
@@ -28,8 +28,7 @@ from torch import Tensor
 
 from nerfstudio.utils.rich_utils import CONSOLE
 
-EXIT_DIVERGED = 3
-"""Process exit code after too many non-finite steps in a row (2 is bad input, as for the dataparser)."""
+from pmni_method.errors import EXIT_DIVERGED, print_error
 
 
 @dataclass
@@ -168,13 +167,9 @@ class NonFiniteGuard:
         where = f"last good state saved to {saved}" if saved is not None else "no checkpoint could be written"
         if self.before_exit is not None:
             self.before_exit()
-        CONSOLE.print(
-            f"pmni: training stopped at step {step}: {self.consecutive} steps in a row had a non-finite "
+        print_error(
+            f"training stopped at step {step}: {self.consecutive} steps in a row had a non-finite "
             f"{self.last_verdict.describe()}; {where}. Lower the learning rates or check the data, then continue "
-            "with --resume True.",
-            style="bold red",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
+            "with --resume True."
         )
         raise SystemExit(EXIT_DIVERGED)

@@ -42,7 +42,7 @@ import trimesh
 
 from pmni_method import cameras
 from pmni_method.data import io
-from pmni_method.data.types import PMNIDataError
+from pmni_method.errors import PMNIDataError
 from pmni_method.poses import POSE_NOISE_DEFINITION, perturb_poses
 
 UpAxis = Literal["x", "y", "z", "-x", "-y", "-z"]

@@ -40,15 +40,12 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from pmni_method import runlock
 from pmni_method.atomic import atomic_write
+from pmni_method.errors import EXIT_OK, EXIT_SIGNAL, exit_with_error, print_error
 
 CHECKPOINT_NAME = re.compile(r"^step-(\d{9})\.ckpt$")
 TMP_DIR_NAME = ".checkpoint-tmp"
 RUN_SUFFIX = re.compile(r"^(.*?)(?:-(\d+))?$")
 TMP_SUFFIX = re.compile(r"\.(\d+)\.tmp$")
-EXIT_CANNOT_WRITE = 2
-"""Exit code when the run folder or the final checkpoint cannot be written (the user has to fix the disk)."""
-EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
-"""Exit codes after an interrupt: 128 + the signal number, as a shell reports a process killed by it."""
 RUN_INFO_KEY = "pmni_run"
 """Checkpoint key of ``{"finished": bool, "max_num_iterations": int}``: whether the run had completed at that step."""
 
@@ -86,7 +83,7 @@ class PMNITrainerConfig(TrainerConfig):
                 if folder is not None:
                     runlock.release(folder)
                     shutil.rmtree(folder, ignore_errors=True)
-            fail(f"cannot write the run folder {base_dir}: {describe_os_error(err)}")
+            exit_with_error(f"cannot write the run folder {base_dir}: {describe_os_error(err)}")
 
     def wants_adoption(self) -> bool:
         """``--resume`` with no explicit checkpoint: the earlier run is still to be found."""
@@ -106,7 +103,7 @@ class PMNITrainerConfig(TrainerConfig):
         try:
             runlock.acquire(run)
         except runlock.RunInUse as err:
-            fail(f"--resume: {err}; wait for it to end or stop it first (one process per run folder)")
+            exit_with_error(f"--resume: {err}; wait for it to end or stop it first (one process per run folder)")
         last = checkpoint_steps(run / self.relative_model_dir)[-1]
         if last + 1 >= int(self.max_num_iterations):
             runlock.release(run)
@@ -117,7 +114,7 @@ class PMNITrainerConfig(TrainerConfig):
                 highlight=False,
                 soft_wrap=True,
             )
-            raise SystemExit(0)
+            raise SystemExit(EXIT_OK)
         self.timestamp = run.name
         self.load_dir = run / self.relative_model_dir
         # The run folder's config.yml should describe the command that continues it.
@@ -150,12 +147,6 @@ def describe_os_error(err: OSError) -> str:
     if len(err.args) == 1 and isinstance(err.args[0], int):
         return os.strerror(err.args[0])
     return str(err) or type(err).__name__
-
-
-def fail(message: str, code: int = EXIT_CANNOT_WRITE) -> None:
-    """Print one red line and exit with ``code``: what the user must fix is not worth a traceback."""
-    say(message)
-    raise SystemExit(code)
 
 
 def capture_rng_state(datamanager: Any = None) -> Dict[str, Any]:
@@ -325,12 +316,12 @@ class PMNITrainer(Trainer):
         if self._phase == "idle":
             raise SystemExit(0)  # the viewer was showing a finished, saved run: "Use ctrl+c to quit"
         if self._phase == "setup":
-            say("interrupted before training started; nothing saved")
+            print_error("interrupted before training started; nothing saved")
             raise SystemExit(code)
         if self._interrupt is not None and self._phase == "loop":
             last = checkpoint_steps(self.checkpoint_dir)
             kept = f"the newest checkpoint (step {last[-1]}) is kept" if last else "no checkpoint was written"
-            say(f"stopped at once by a second {signal.Signals(signum).name} at step {self.step}; {kept}")
+            print_error(f"stopped at once by a second {signal.Signals(signum).name} at step {self.step}; {kept}")
             raise SystemExit(code)
         self._interrupt = signum
         if self.training_state == "paused":
@@ -350,9 +341,9 @@ class PMNITrainer(Trainer):
         writer.write_out_storage()
         self.shutdown()
         if saved is None:
-            say(f"interrupted at step {step}; the checkpoint could not be written")
+            print_error(f"interrupted at step {step}; the checkpoint could not be written")
         else:
-            say(f"interrupted at step {step}; saved {saved}; continue with --resume True")
+            print_error(f"interrupted at step {step}; saved {saved}; continue with --resume True")
         raise SystemExit(EXIT_SIGNAL.get(self._interrupt, 1))
 
     def _after_train(self) -> None:
@@ -394,8 +385,7 @@ class PMNITrainer(Trainer):
                     continue
                 break
             else:
-                CONSOLE.print(f"[bold red]error:[/] {load_dir}: no loadable checkpoint")
-                raise SystemExit(2)
+                exit_with_error(f"{load_dir}: no loadable checkpoint")
             # Set only while loading: a saved config must keep meaning "the newest checkpoint".
             self.config.load_step = step
             try:
@@ -466,14 +456,8 @@ class PMNITrainer(Trainer):
             tmp.unlink(missing_ok=True)
             reason = describe_os_error(err)
             if self.training_state == "completed":
-                fail(f"final checkpoint not written: {final}: {reason}; the newest earlier checkpoint is kept")
-            CONSOLE.print(
-                f"pmni: checkpoint not written: {final}: {reason}; the previous one is kept, training goes on",
-                style="bold red",
-                markup=False,
-                highlight=False,
-                soft_wrap=True,
-            )
+                exit_with_error(f"final checkpoint not written: {final}: {reason}; the newest earlier checkpoint is kept")
+            print_error(f"checkpoint not written: {final}: {reason}; the previous one is kept, training goes on")
             return None
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -487,11 +471,6 @@ class PMNITrainer(Trainer):
 
 UNSTARTED_RUN_FILES = {"config.yml"}
 """What a run folder holds before its first step: removing such a folder loses nothing."""
-
-
-def say(message: str) -> None:
-    """One red line that does not stop anything by itself."""
-    CONSOLE.print(f"pmni: {message}", style="bold red", markup=False, highlight=False, soft_wrap=True)
 
 
 def remove_stale_temporaries(tmp_dir: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from pmni_method.data import io
 from pmni_method.data.diligent_mv import load_diligent_mv
-from pmni_method.data.types import PMNIDataError
+from pmni_method.errors import PMNIDataError
 
 # Import the builder by path so this works under any pytest import mode.
 sys.path.insert(0, str(Path(__file__).parent))

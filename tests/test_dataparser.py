@@ -18,7 +18,7 @@ import scipy.ndimage
 from pmni_method import cameras
 from pmni_method.data import io
 from pmni_method.data.diligent_mv import load_diligent_mv, split_indices, view_index
-from pmni_method.data.types import PMNIDataError
+from pmni_method.errors import PMNIDataError
 
 SPHERE_CENTRE = np.array([10.0, -5.0, 3.0])
 SPHERE_RADIUS = 50.0
@@ -121,7 +121,7 @@ def test_loader_matches_analytic_sphere(tmp_path: Path, rotated: bool) -> None:
     assert data.view_ids == [1, 2, 3]
     assert data.normals.shape == (3, HEIGHT, WIDTH, 3) and data.normals.dtype == np.float32
     assert data.masks.dtype == bool and data.depths is not None
-    np.testing.assert_allclose(data.scale_mat, scale_mat)
+    np.testing.assert_allclose(data.normalisation.scale_mat, scale_mat)
     for pos, c2w_world in enumerate(sphere_poses(3)):
         np.testing.assert_allclose(data.K[pos], sphere_intrinsics(), atol=1e-6)
         np.testing.assert_allclose(data.c2w[pos], norm.c2w_to_normalised(c2w_world), atol=1e-6)
@@ -188,7 +188,7 @@ def test_downscale_keeps_reprojection(sphere_data: Path) -> None:
     h, w = HEIGHT // 2, WIDTH // 2
     assert half.normals.shape == (full.num_views, h, w, 3)
     np.testing.assert_allclose(half.K, cameras.downscale_intrinsics(full.K, 2))
-    centre, radius = normalised_sphere(full.scale_mat)
+    centre, radius = normalised_sphere(full.normalisation.scale_mat)
     for pos in range(half.num_views):
         mask, normals, depth = render_sphere(half.K[pos], half.c2w[pos], h, w, centre, radius)
         # Block-averaged masks may differ from a point-sampled rendering only on the silhouette.
@@ -266,7 +266,8 @@ def test_dataparser_outputs_render_the_loaded_normals(sphere_data: Path) -> None
     assert int(out.cameras.camera_type[0]) == CameraType.PERSPECTIVE.value
     assert int(out.cameras.width[0]) == WIDTH and int(out.cameras.height[0]) == HEIGHT
     np.testing.assert_allclose(out.scene_box.aabb.numpy(), [[-1, -1, -1], [1, 1, 1]])
-    np.testing.assert_allclose(out.metadata["scale_mat"], sphere_scale_mat())
+    assert "scale_mat" not in out.metadata  # the Normalisation in pmni_data is the one copy
+    np.testing.assert_allclose(data.normalisation.scale_mat, sphere_scale_mat())
     assert out.metadata["gt_mesh"] is None
 
     centre, radius = normalised_sphere(sphere_scale_mat())
@@ -350,7 +351,7 @@ def _mesh_in_normalised_frame(data) -> "trimesh.Trimesh":
     import trimesh
 
     mesh = trimesh.load(data.gt_mesh, force="mesh")
-    mesh.vertices = cameras.Normalisation(data.scale_mat).to_normalised(np.asarray(mesh.vertices))
+    mesh.vertices = data.normalisation.to_normalised(np.asarray(mesh.vertices))
     return mesh
 
 

@@ -70,7 +70,7 @@ def test_sphere_radius_and_outward_normals_in_normalised_units():
 
 
 def test_world_units_through_scale_mat():
-    mesh = extract_mesh(sphere_sdf, resolution=RES, scale_mat=SCALE_MAT)
+    mesh = extract_mesh(sphere_sdf, resolution=RES, normalisation=Normalisation(SCALE_MAT))
     norm = Normalisation(SCALE_MAT)
     centre = norm.offset
     r = np.linalg.norm(mesh.vertices - centre, axis=1)
@@ -128,10 +128,12 @@ def test_write_is_atomic(tmp_path, monkeypatch):
 
 
 def _fake_pipeline(field: SphereField, scale_mat) -> SimpleNamespace:
-    # The names pmni-export relies on: model.field.forward_geonetwork, datamanager.train_dataparser_outputs.metadata.
+    # The names pmni-export relies on: model.field.forward_geonetwork, normalisation(),
+    # datamanager.train_dataparser_outputs.metadata.
     return SimpleNamespace(
         model=SimpleNamespace(field=field),
-        datamanager=SimpleNamespace(train_dataparser_outputs=SimpleNamespace(metadata={"scale_mat": scale_mat})),
+        normalisation=lambda: Normalisation(np.asarray(scale_mat, dtype=np.float64)),
+        datamanager=SimpleNamespace(train_dataparser_outputs=SimpleNamespace(metadata={})),
         device=torch.device("cpu"),
     )
 
@@ -305,7 +307,7 @@ def test_a_failed_re_export_keeps_the_earlier_export(tmp_path, monkeypatch, caps
 
 
 def test_file_group_publishes_together_and_restores_on_failure(tmp_path, monkeypatch):
-    from pmni_method.export import FileGroup, PublishError
+    from pmni_method.atomic import FileGroup, PublishError
 
     a, b, c = tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "c.txt"
     a.write_text("old a")

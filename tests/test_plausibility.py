@@ -19,7 +19,7 @@ import pytest
 from pmni_method import cameras
 from pmni_method.data import io, plausibility
 from pmni_method.data.diligent_mv import load_diligent_mv
-from pmni_method.data.types import PMNIDataError, PMNIDataWarning
+from pmni_method.errors import PMNIDataError, PMNIDataWarning
 from pmni_method.poses import PoseInitConfig
 
 sys.path.insert(0, str(Path(__file__).parent))

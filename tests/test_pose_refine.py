@@ -453,9 +453,8 @@ def test_poses_survive_checkpoints_and_reach_viewer_export_and_eval(sphere_dir: 
     assert export_cli.main(export_cli.ExportConfig(load_config=run.config_path, output=mesh, resolution=48)) == 0
     entries = json.loads((tmp_path / "sphere.poses.json").read_text())
     assert [e["view"] for e in entries] == [v for v in range(8) if v != 5] and all(e["refined"] for e in entries)
-    scale_mat = trained.datamanager.train_dataparser_outputs.metadata["scale_mat"]
     np.testing.assert_allclose(
-        np.array([e["c2w"] for e in entries]), Normalisation(scale_mat).c2w_to_world(refined), rtol=1e-12, atol=1e-12
+        np.array([e["c2w"] for e in entries]), trained.normalisation().c2w_to_world(refined), rtol=1e-12, atol=1e-12
     )
 
     report = tmp_path / "metrics.json"

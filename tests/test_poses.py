@@ -11,7 +11,7 @@ from scipy.spatial.transform import Rotation
 
 from pmni_method import cameras, poses, synth
 from pmni_method.data.diligent_mv import load_diligent_mv
-from pmni_method.data.types import PMNIDataError
+from pmni_method.errors import PMNIDataError
 from pmni_method.poses import (
     PoseInitConfig,
     align_cameras,

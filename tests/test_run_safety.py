@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from pmni_method import runlock, runner
-from pmni_method.stability import EXIT_DIVERGED
+from pmni_method.errors import EXIT_DIVERGED
 from pmni_method.trainer import RUN_INFO_KEY, TMP_DIR_NAME, checkpoint_steps
 
 from test_stability import tiny_config

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from pmni_method import runner
-from pmni_method.stability import EXIT_DIVERGED, NonFiniteGuard
+from pmni_method.errors import EXIT_DIVERGED
+from pmni_method.stability import NonFiniteGuard
 from pmni_method.trainer import checkpoint_steps
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pmni_method"

@@ -15,7 +15,7 @@ import trimesh
 
 from pmni_method import cameras
 from pmni_method.data import io
-from pmni_method.data.types import PMNIDataError
+from pmni_method.errors import PMNIDataError
 from pmni_method.scripts import synth as synth_cli
 from pmni_method import synth
 

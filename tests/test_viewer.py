@@ -32,6 +32,7 @@ import pytest
 import yaml
 
 from pmni_method import runner
+from pmni_method.errors import EXIT_BAD_INPUT
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_stability import tiny_config  # noqa: E402
@@ -342,7 +343,7 @@ def test_pmni_viewer_bad_run_is_one_line_and_exit_2(viewer_run: Path, tmp_path: 
         no_checkpoints: "no checkpoints",
     }
     for path, reason in cases.items():
-        assert viewer.main(["--load-config", str(path)]) == viewer.EXIT_BAD_INPUT, path
+        assert viewer.main(["--load-config", str(path)]) == EXIT_BAD_INPUT, path
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("pmni-viewer: error: ") and reason in err[0], err
 

@@ -30,7 +30,8 @@ import scipy.ndimage
 
 from pmni_method import cameras, poses
 from pmni_method.data import io, plausibility
-from pmni_method.data.types import MultiViewNormalData, PMNIDataError
+from pmni_method.data.types import MultiViewNormalData
+from pmni_method.errors import PMNIDataError
 
 NormalSpace = Literal["auto", "world", "camera"]
 
@@ -327,7 +328,7 @@ def load_diligent_mv(
         c2w=c2w,
         normals=normals_all.astype(np.float32),
         masks=masks_all,
-        scale_mat=scale_mat,
+        normalisation=normalisation,
         depths=None if depths is None else depths.astype(np.float32),
         gt_mesh=data_dir / GT_MESH_FILE if (data_dir / GT_MESH_FILE).is_file() else None,
         gt_c2w=gt_c2w,

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import OpenEXR
 
-from pmni_method.data.types import PMNIDataError
+from pmni_method.errors import PMNIDataError
 
 NORMAL_SUFFIXES = (".exr", ".png", ".npy")
 """File types accepted for normal maps."""

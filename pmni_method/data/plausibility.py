@@ -25,7 +25,7 @@ import numpy as np
 import scipy.ndimage
 
 from pmni_method import cameras
-from pmni_method.data.types import PMNIDataError, PMNIDataWarning
+from pmni_method.errors import PMNIDataError, PMNIDataWarning
 
 DataChecks = Literal["error", "warn", "off"]
 DATA_CHECKS: Tuple[str, ...] = ("error", "warn", "off")

@@ -11,14 +11,6 @@ import numpy as np
 from pmni_method.cameras import Normalisation
 
 
-class PMNIDataError(ValueError):
-    """Bad input data. The message is one line: the offending file or folder, then what is wrong with it."""
-
-
-class PMNIDataWarning(UserWarning):
-    """Borderline input data that loads but may train badly. The message is one line, like :class:`PMNIDataError`."""
-
-
 @dataclass
 class MultiViewNormalData:
     """All views of one object, in the normalised frame (object inside the unit sphere)."""
@@ -35,8 +27,8 @@ class MultiViewNormalData:
     """(N, H, W, 3) float32 unit normals in the normalised frame (world axes); zero outside the mask."""
     masks: np.ndarray
     """(N, H, W) bool foreground masks."""
-    scale_mat: np.ndarray
-    """(4, 4) map from the normalised frame to world units (DiLiGenT-MV: millimetres)."""
+    normalisation: Normalisation
+    """The map between the normalised frame and world units (DiLiGenT-MV: millimetres), from ``scale_mat``."""
     depths: Optional[np.ndarray] = None
     """(N, H, W) float32 camera-z depth, any per-view scale, 0 where unknown; None when the dataset has none."""
     gt_mesh: Optional[Path] = None
@@ -59,10 +51,6 @@ class MultiViewNormalData:
     def width(self) -> int:
         return int(self.normals.shape[2])
 
-    @property
-    def normalisation(self) -> Normalisation:
-        return Normalisation(self.scale_mat)
-
     def subset(self, indices: List[int]) -> "MultiViewNormalData":
         """The same dataset restricted to the given positions (not view ids)."""
         idx = np.asarray(indices, dtype=np.int64)
@@ -73,7 +61,7 @@ class MultiViewNormalData:
             c2w=self.c2w[idx],
             normals=self.normals[idx],
             masks=self.masks[idx],
-            scale_mat=self.scale_mat,
+            normalisation=self.normalisation,
             depths=None if self.depths is None else self.depths[idx],
             gt_mesh=self.gt_mesh,
             gt_c2w=None if self.gt_c2w is None else self.gt_c2w[idx],

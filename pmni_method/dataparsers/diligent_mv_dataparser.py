@@ -22,7 +22,8 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from pmni_method import cameras
 from pmni_method.data.diligent_mv import find_normal_maps, load_diligent_mv, split_indices
 from pmni_method.data.plausibility import DataChecks
-from pmni_method.data.types import MultiViewNormalData, PMNIDataError
+from pmni_method.data.types import MultiViewNormalData
+from pmni_method.errors import PMNIDataError, exit_with_error
 from pmni_method.poses import PoseInit, PoseInitConfig, PoseNoiseDistribution
 
 
@@ -118,10 +119,9 @@ class DiligentMVDataParser(DataParser):
             normal_files = find_normal_maps(self.config.data, self.config.normal_dir)
         except PMNIDataError as e:
             # A data error is the user's to fix, not ours to debug: one red line and no traceback under ns-train.
-            CONSOLE.print(f"pmni: {e}", style="bold red", markup=False, highlight=False, soft_wrap=True)
-            raise SystemExit(2) from None
+            exit_with_error(str(e))
         subset = data.subset(indices)
-        transform, scale = world_to_normalised_transform(data.scale_mat)
+        transform, scale = data.normalisation.nerfstudio_transform()
         return DataparserOutputs(
             image_filenames=[normal_files[v] for v in subset.view_ids],
             cameras=to_nerfstudio_cameras(subset),
@@ -131,7 +131,6 @@ class DiligentMVDataParser(DataParser):
             dataparser_scale=scale,
             metadata={
                 "pmni_data": subset,
-                "scale_mat": np.array(data.scale_mat, dtype=np.float64),
                 "gt_mesh": data.gt_mesh,
                 "view_ids": list(subset.view_ids),
             },
@@ -162,18 +161,3 @@ def to_nerfstudio_cameras(data: MultiViewNormalData) -> Cameras:
         height=torch.full((n, 1), data.height, dtype=torch.int64),
         camera_type=CameraType.PERSPECTIVE,
     )
-
-
-def world_to_normalised_transform(scale_mat: np.ndarray) -> Tuple[np.ndarray, float]:
-    """nerfstudio's ``(dataparser_transform, dataparser_scale)``: ``x_norm = scale * (T @ [x_world; 1])``.
-
-    With ``scale_mat = [A | c]`` and ``s = det(A)^(1/3)``: ``T = [s A^-1 | -s A^-1 c]``, ``scale = 1 / s``; for a
-    uniform ``scale_mat`` (A = s I) that is ``T = [I | -c]``. This is the same map as
-    :meth:`pmni_method.cameras.Normalisation.to_normalised`, which is the reference (and holds the inverse,
-    ``to_world``).
-    """
-    norm = cameras.Normalisation(np.asarray(scale_mat, dtype=np.float64))
-    s = norm.scale
-    rot = s * np.linalg.inv(norm.linear)
-    transform = np.concatenate([rot, -(rot @ norm.offset)[:, None]], axis=1)
-    return transform, 1.0 / s

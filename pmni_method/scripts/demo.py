@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 from dataclasses import dataclass
@@ -13,8 +12,8 @@ import tyro
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from pmni_method.atomic import atomic_write
-from pmni_method.data.types import PMNIDataError
+from pmni_method.atomic import write_json_atomic
+from pmni_method.errors import EXIT_BAD_INPUT, PMNIDataError, print_error
 
 # nerfstudio 1.1.5 on torch 2.14 warns about its own deprecated calls at every step; they drown the demo's output.
 for _module in ("nerfstudio", "torch", "tyro"):
@@ -115,8 +114,7 @@ def run(config: DemoConfig) -> dict:
     metrics["train_seconds"] = run_.train_seconds
     metrics["train_iterations"] = steps
     metrics["run_config"] = str(run_.config_path)
-    with atomic_write(output / "metrics.json", "w") as f:
-        json.dump(metrics, f, indent=2)
+    write_json_atomic(metrics, output / "metrics.json")
     print_metrics(metrics, console=CONSOLE)
     CONSOLE.print(f"mesh:     {mesh_path}")
     CONSOLE.print(f"metrics:  {output / 'metrics.json'}")
@@ -130,8 +128,8 @@ def entrypoint() -> None:
     try:
         run(config)
     except (PMNIDataError, FileNotFoundError) as err:
-        CONSOLE.print(f"[bold red]error:[/] {err}")
-        sys.exit(2)
+        print_error(f"error: {err}", prog="pmni-demo", stderr=True)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 if __name__ == "__main__":

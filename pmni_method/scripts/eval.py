@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,10 +10,9 @@ from typing import Literal, Optional, Tuple
 import numpy as np
 import tyro
 
-from pmni_method.atomic import atomic_write
-from pmni_method.data.types import PMNIDataError
+from pmni_method.atomic import write_json_atomic
+from pmni_method.errors import EXIT_BAD_INPUT, PMNIInputError, print_error
 
-EXIT_BAD_INPUT = 2
 
 
 @dataclass
@@ -47,28 +45,19 @@ class EvalConfig:
     the camera-based alignment's); default: whenever the mesh is aligned."""
 
 
-class _BadInput(Exception):
-    """Raised for input problems found by the CLI itself; the message is the one line to print."""
-
 
 def _load_alignment(path: Path) -> np.ndarray:
     if not path.is_file():
-        raise _BadInput(f"{path}: alignment file not found")
+        raise PMNIInputError(f"{path}: alignment file not found")
     try:
         T = np.load(path) if path.suffix == ".npy" else np.loadtxt(path)
     except Exception as e:  # numpy raises ValueError / OSError / pickle errors for bad files
-        raise _BadInput(f"{path}: cannot read alignment matrix ({type(e).__name__})")
+        raise PMNIInputError(f"{path}: cannot read alignment matrix ({type(e).__name__})")
     T = np.asarray(T, dtype=np.float64)
     if T.shape != (4, 4) or not np.all(np.isfinite(T)):
-        raise _BadInput(f"{path}: alignment must be a finite 4x4 matrix, got shape {T.shape}")
+        raise PMNIInputError(f"{path}: alignment must be a finite 4x4 matrix, got shape {T.shape}")
     return T
 
-
-def write_json_atomic(obj: dict, output: Path) -> None:
-    """Serialise first, then write a temporary file and rename: a failure never leaves a half-written JSON."""
-    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
-    with atomic_write(output, "w") as f:
-        f.write(text)
 
 def main(config: EvalConfig) -> int:
     """Run the evaluation; return the process exit code (0, or 2 for bad input after printing one line)."""
@@ -76,14 +65,14 @@ def main(config: EvalConfig) -> int:
 
     try:
         if config.downscale_factor < 1:
-            raise _BadInput(f"--downscale-factor {config.downscale_factor}: must be a positive integer")
+            raise PMNIInputError(f"--downscale-factor {config.downscale_factor}: must be a positive integer")
         if config.output is not None and config.output.is_dir():
-            raise _BadInput(f"{config.output}: output is a folder, expected a .json file path")
+            raise PMNIInputError(f"{config.output}: output is a folder, expected a .json file path")
         alignment = _load_alignment(config.alignment) if config.alignment is not None else None
         if config.poses is not None and not config.poses.is_file():
-            raise _BadInput(f"{config.poses}: poses file not found")
+            raise PMNIInputError(f"{config.poses}: poses file not found")
         if config.poses is not None and config.align_to_poses and alignment is not None:
-            raise _BadInput("--alignment and --poses both align the mesh; pass --no-align-to-poses to keep --alignment")
+            raise PMNIInputError("--alignment and --poses both align the mesh; pass --no-align-to-poses to keep --alignment")
         metrics = evaluate(
             config.mesh,
             config.data,
@@ -104,10 +93,10 @@ def main(config: EvalConfig) -> int:
             try:
                 write_json_atomic(metrics, config.output)
             except OSError as e:
-                raise _BadInput(f"{config.output}: cannot write metrics ({e.strerror or e})")
+                raise PMNIInputError(f"{config.output}: cannot write metrics ({e.strerror or e})")
             print(f"wrote {config.output}")
-    except (_BadInput, PMNIDataError) as e:
-        print(f"pmni-eval: error: {e}", file=sys.stderr)
+    except PMNIInputError as e:
+        print_error(f"error: {e}", prog="pmni-eval", stderr=True)
         return EXIT_BAD_INPUT
     return 0
 

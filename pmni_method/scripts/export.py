@@ -14,11 +14,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import tyro
 
-from pmni_method.atomic import atomic_write
-from pmni_method.cameras import Normalisation
-from pmni_method.data.types import PMNIDataError
+from pmni_method.atomic import FileGroup, PublishError, write_json_atomic
+from pmni_method.errors import EXIT_BAD_INPUT, PMNIInputError, print_error
 
-EXIT_BAD_INPUT = 2
 
 
 @dataclass
@@ -59,8 +57,8 @@ def run_poses(pipeline: Any) -> Tuple[List[int], np.ndarray, bool]:
     refine = getattr(pipeline.model, "refined_c2w", None)
     refined = refine() if callable(refine) else None
     c2w = np.asarray(data.c2w if refined is None else refined, dtype=np.float64)
-    scale_mat = np.asarray(outputs.metadata["scale_mat"], dtype=np.float64).reshape(4, 4)
-    return [int(v) for v in outputs.metadata["view_ids"]], Normalisation(scale_mat).c2w_to_world(c2w), refined is not None
+    world = pipeline.normalisation().c2w_to_world(c2w)
+    return [int(v) for v in outputs.metadata["view_ids"]], world, refined is not None
 
 
 def poses_json(
@@ -89,10 +87,7 @@ def poses_text(entries: List[Dict[str, Any]]) -> str:
 
 def write_poses_atomic(entries: List[Dict[str, Any]], output: Path) -> Path:
     """Serialise first, then write-and-rename: an interrupted export never leaves a half-written pose file."""
-    text = poses_text(entries)
-    with atomic_write(output, "w") as f:
-        f.write(text)
-    return output
+    return write_json_atomic(entries, output, indent=1)
 
 
 @dataclass
@@ -142,22 +137,19 @@ def checkpoint_source(checkpoint: Path, run_config: Path, max_num_iterations: in
     return RunSource(str(run_config), str(checkpoint), step, total, finished)
 
 
-class _BadInput(Exception):
-    """An input problem; the message is the one line to print."""
-
 
 def check_destination(path: Path, what: str) -> List[Path]:
-    """Make sure ``path`` can be written before anything is loaded; raise :class:`_BadInput` with one line if not.
+    """Make sure ``path`` can be written before anything is loaded; raise :class:`PMNIInputError` with one line if not.
 
     Creates missing parent folders (returned, outermost first, so that a caller can remove them again) and creates
     and removes a temporary file there: that answers permissions, read-only and full file systems alike.
     """
     if path.is_dir():
-        raise _BadInput(f"{path}: {what} output is a folder, expected a file path")
+        raise PMNIInputError(f"{path}: {what} output is a folder, expected a file path")
     parent = path.parent
     existing = next(p for p in (parent, *parent.parents) if p.exists() or p.is_symlink())
     if not existing.is_dir():
-        raise _BadInput(f"{path}: cannot write {what} ({existing} is not a folder)")
+        raise PMNIInputError(f"{path}: cannot write {what} ({existing} is not a folder)")
     created = [p for p in reversed([parent, *parent.parents]) if not p.exists()]
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -166,7 +158,7 @@ def check_destination(path: Path, what: str) -> List[Path]:
         os.unlink(probe)
     except OSError as e:
         _remove_folders(created)
-        raise _BadInput(f"{path}: cannot write {what} ({e.strerror or e})")
+        raise PMNIInputError(f"{path}: cannot write {what} ({e.strerror or e})")
     return created
 
 
@@ -180,7 +172,7 @@ def _remove_folders(folders: List[Path]) -> None:
 
 
 def load_pipeline(load_config: Path) -> Tuple[Any, RunSource]:
-    """Load the trained pipeline for inference, on CUDA if available, else CPU; raise :class:`_BadInput` on bad input.
+    """Load the trained pipeline for inference, on CUDA if available, else CPU; raise :class:`PMNIInputError` on bad input.
 
     Returns the pipeline and the :class:`RunSource` of the checkpoint it was loaded from.
 
@@ -189,15 +181,15 @@ def load_pipeline(load_config: Path) -> Tuple[Any, RunSource]:
     import yaml
 
     if not load_config.is_file():
-        raise _BadInput(f"{load_config}: config file not found")
+        raise PMNIInputError(f"{load_config}: config file not found")
     # nerfstudio takes seconds to import; checking the YAML's structure first (compose builds no objects) answers
     # a wrong file at once.
     try:
         root = yaml.compose(load_config.read_text())
     except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
-        raise _BadInput(f"{load_config}: not a readable YAML file ({type(e).__name__})")
+        raise PMNIInputError(f"{load_config}: not a readable YAML file ({type(e).__name__})")
     if root is None or not str(root.tag).startswith("tag:yaml.org,2002:python/object"):
-        raise _BadInput(f"{load_config}: not a nerfstudio TrainerConfig (expected the config.yml of a training run)")
+        raise PMNIInputError(f"{load_config}: not a nerfstudio TrainerConfig (expected the config.yml of a training run)")
 
     with warnings.catch_warnings():
         # nerfstudio's dependencies emit deprecation warnings on import that would bury the CLI's own output.
@@ -211,14 +203,14 @@ def load_pipeline(load_config: Path) -> Tuple[Any, RunSource]:
     try:
         config = yaml.load(load_config.read_text(), Loader=yaml.Loader)
     except Exception as e:  # yaml raises many error types, and unknown python tags fail on import
-        raise _BadInput(f"{load_config}: cannot parse as a nerfstudio config ({type(e).__name__})")
+        raise PMNIInputError(f"{load_config}: cannot parse as a nerfstudio config ({type(e).__name__})")
     if not isinstance(config, TrainerConfig):
-        raise _BadInput(f"{load_config}: not a nerfstudio TrainerConfig (expected the config.yml of a training run)")
+        raise PMNIInputError(f"{load_config}: not a nerfstudio TrainerConfig (expected the config.yml of a training run)")
     if config.method_name not in all_methods:
-        raise _BadInput(f"{load_config}: method {config.method_name!r} is not registered with nerfstudio (is pmni installed?)")
+        raise PMNIInputError(f"{load_config}: method {config.method_name!r} is not registered with nerfstudio (is pmni installed?)")
     ckpt_dir = config.get_checkpoint_dir()
     if not ckpt_dir.is_dir() or not any(ckpt_dir.glob("step-*.ckpt")):
-        raise _BadInput(f"{ckpt_dir}: no checkpoints (step-*.ckpt) found for this config")
+        raise PMNIInputError(f"{ckpt_dir}: no checkpoints (step-*.ckpt) found for this config")
 
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -242,9 +234,7 @@ def main(config: ExportConfig) -> int:
     from pmni_method.export import (
         EXPORT_FORMATS,
         SOURCE_FORMATS,
-        FileGroup,
         MeshExtractionError,
-        PublishError,
         extract_mesh,
         mesh_bytes,
     )
@@ -253,25 +243,25 @@ def main(config: ExportConfig) -> int:
     try:
         suffix = config.output.suffix.lower()
         if suffix not in EXPORT_FORMATS:
-            raise _BadInput(f"{config.output}: unsupported mesh format; use one of {', '.join(EXPORT_FORMATS)}")
+            raise PMNIInputError(f"{config.output}: unsupported mesh format; use one of {', '.join(EXPORT_FORMATS)}")
         if config.resolution < 2:
-            raise _BadInput(f"--resolution {config.resolution}: must be at least 2")
+            raise PMNIInputError(f"--resolution {config.resolution}: must be at least 2")
         if config.chunk < 1:
-            raise _BadInput(f"--chunk {config.chunk}: must be positive")
+            raise PMNIInputError(f"--chunk {config.chunk}: must be positive")
         if not config.bounds[0] < config.bounds[1]:
-            raise _BadInput(f"--bounds {config.bounds}: expected LOW HIGH with LOW < HIGH")
+            raise PMNIInputError(f"--bounds {config.bounds}: expected LOW HIGH with LOW < HIGH")
         poses_output: Optional[Path] = None
         if config.write_poses:
             poses_output = config.poses_output or poses_path_for(config.output)
             if poses_output.absolute() == config.output.absolute():
-                raise _BadInput(f"{poses_output}: the poses output is the mesh output")
+                raise PMNIInputError(f"{poses_output}: the poses output is the mesh output")
         # Both destinations are checked before the pipeline is loaded and meshed (minutes on a CPU): a typo in a
         # path should cost seconds, not a marching-cubes run.
         created = check_destination(config.output, "mesh")
         if poses_output is not None:
             try:
                 check_destination(poses_output, "poses")
-            except _BadInput:
+            except PMNIInputError:
                 _remove_folders(created)
                 raise
 
@@ -286,12 +276,9 @@ def main(config: ExportConfig) -> int:
 
         try:
             field = pipeline.model.field
-            scale_mat = pipeline.datamanager.train_dataparser_outputs.metadata["scale_mat"]
+            normalisation = pipeline.normalisation()
         except (AttributeError, KeyError, TypeError) as e:
-            raise _BadInput(f"{config.load_config}: the run has no SDF field or no scale_mat ({type(e).__name__}: {e})")
-        if isinstance(scale_mat, torch.Tensor):
-            scale_mat = scale_mat.detach().cpu().numpy()
-        scale_mat = np.asarray(scale_mat, dtype=np.float64).reshape(4, 4)
+            raise PMNIInputError(f"{config.load_config}: the run has no SDF field or no normalisation ({type(e).__name__}: {e})")
 
         def sdf_fn(x: torch.Tensor) -> torch.Tensor:
             return field.forward_geonetwork(x)[:, 0]
@@ -315,13 +302,13 @@ def main(config: ExportConfig) -> int:
                     resolution=config.resolution,
                     bounds=config.bounds,
                     chunk=config.chunk,
-                    scale_mat=scale_mat,
+                    normalisation=normalisation,
                     keep_largest=config.keep_largest,
                     device=pipeline.device,
                     progress=on_chunk,
                 )
             except MeshExtractionError as e:
-                raise _BadInput(f"{config.load_config}: {e}")
+                raise PMNIInputError(f"{config.load_config}: {e}")
         poses_data: Optional[bytes] = None
         if poses_output is not None:
             try:
@@ -334,19 +321,19 @@ def main(config: ExportConfig) -> int:
                 try:
                     poses_data = poses_text(poses_json(view_ids, c2w_world, refined, source.to_json())).encode()
                 except ValueError:
-                    raise _BadInput(f"{poses_output}: cannot write poses (the run's poses have NaN or Inf entries)")
+                    raise PMNIInputError(f"{poses_output}: cannot write poses (the run's poses have NaN or Inf entries)")
 
         # Mesh and poses describe one state of the run: both files are replaced, or neither (FileGroup).
         with FileGroup() as group:
             try:
                 group.stage(config.output, mesh_bytes(mesh, suffix, source.to_json()))
             except OSError as e:
-                raise _BadInput(f"{config.output}: cannot write mesh ({e.strerror or e})")
+                raise PMNIInputError(f"{config.output}: cannot write mesh ({e.strerror or e})")
             if poses_output is not None and poses_data is not None:
                 try:
                     group.stage(poses_output, poses_data)
                 except OSError as e:
-                    raise _BadInput(f"{poses_output}: cannot write poses ({e.strerror or e})")
+                    raise PMNIInputError(f"{poses_output}: cannot write poses ({e.strerror or e})")
             try:
                 group.publish()
             except PublishError as e:
@@ -355,9 +342,9 @@ def main(config: ExportConfig) -> int:
                 outcome = f"{others} left as it was" if others else "nothing written"
                 if e.unrestored:
                     outcome = "could not restore " + "; ".join(e.unrestored)
-                raise _BadInput(f"{e.target}: cannot write {what} ({e.cause.strerror or e.cause}); {outcome}")
-    except (_BadInput, PMNIDataError) as e:
-        print(f"pmni-export: error: {e}", file=sys.stderr)
+                raise PMNIInputError(f"{e.target}: cannot write {what} ({e.cause.strerror or e.cause}); {outcome}")
+    except PMNIInputError as e:
+        print_error(f"error: {e}", prog="pmni-export", stderr=True)
         return EXIT_BAD_INPUT
 
     lo, hi = mesh.bounds

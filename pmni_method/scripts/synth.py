@@ -15,14 +15,9 @@ import tyro
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pmni_method.data.types import PMNIDataError
+from pmni_method.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED, PMNIDataError, print_error
 from pmni_method.synth import INFO_FILE, SynthConfig, Terminated, render_dataset
 
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
-"""Ctrl-C: 128 + SIGINT, what a shell reports for a process that SIGINT killed."""
-EXIT_TERMINATED = 143
-"""SIGTERM: 128 + SIGTERM."""
 DESCRIPTION = "Render a DiLiGenT-MV-layout normal dataset (normals, masks, depth, cameras) with exact ground truth from a mesh."
 
 
@@ -41,8 +36,7 @@ def main(config: SynthConfig) -> int:
                 config, progress=lambda _: bar.advance(task), note=lambda line: print(f"note: {line}", file=sys.stderr)
             )
     except PMNIDataError as e:
-        # Plain print: rich would wrap a long path over several lines.
-        print(f"pmni-synth: error: {e}", file=sys.stderr)
+        print_error(f"error: {e}", prog="pmni-synth", stderr=True)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("pmni-synth: interrupted (Ctrl-C); no partial output left behind", file=sys.stderr)

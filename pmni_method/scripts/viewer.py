@@ -21,7 +21,8 @@ from typing import Any, Dict, Optional, Sequence
 
 import tyro
 
-EXIT_BAD_INPUT = 2
+from pmni_method.errors import EXIT_BAD_INPUT, PMNIInputError, print_error
+
 PROG = "pmni-viewer"
 # Viewer settings whose default is never the run's: a public share link is a deliberate act, not a stored default.
 NOT_INHERITED = {"make_share_url": False}
@@ -31,9 +32,6 @@ DESCRIPTION = (
     "ns-viewer's defaults; pass --load-config RUN/config.yml --help to see the run's values."
 )
 
-
-class _BadInput(Exception):
-    """A problem with the run to open; the message is the one line to print."""
 
 
 def requested_config(argv: Sequence[str]) -> Optional[Path]:
@@ -48,21 +46,21 @@ def requested_config(argv: Sequence[str]) -> Optional[Path]:
 
 
 def load_run_config(load_config: Path) -> Any:
-    """The run's ``TrainerConfig`` from its ``config.yml``; raise :class:`_BadInput` for anything eval_setup would
+    """The run's ``TrainerConfig`` from its ``config.yml``; raise :class:`PMNIInputError` for anything eval_setup would
     otherwise answer with an assert, a ``sys.exit(1)`` or a traceback.
     """
     import yaml
 
     if not load_config.is_file():
-        raise _BadInput(f"{load_config}: config file not found")
+        raise PMNIInputError(f"{load_config}: config file not found")
     # Checking the YAML's structure first (compose builds no objects) answers a wrong file before nerfstudio's
     # seconds-long import.
     try:
         root = yaml.compose(load_config.read_text())
     except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
-        raise _BadInput(f"{load_config}: not a readable YAML file ({type(e).__name__})")
+        raise PMNIInputError(f"{load_config}: not a readable YAML file ({type(e).__name__})")
     if root is None or not str(root.tag).startswith("tag:yaml.org,2002:python/object"):
-        raise _BadInput(f"{load_config}: not a nerfstudio TrainerConfig (expected the config.yml of a training run)")
+        raise PMNIInputError(f"{load_config}: not a nerfstudio TrainerConfig (expected the config.yml of a training run)")
 
     with warnings.catch_warnings():
         # nerfstudio's dependencies emit deprecation warnings on import that would bury the CLI's own output.
@@ -75,18 +73,18 @@ def load_run_config(load_config: Path) -> Any:
     try:
         config = yaml.load(load_config.read_text(), Loader=yaml.Loader)
     except Exception as e:  # yaml raises many error types, and unknown python tags fail on import
-        raise _BadInput(f"{load_config}: cannot parse as a nerfstudio config ({type(e).__name__})")
+        raise PMNIInputError(f"{load_config}: cannot parse as a nerfstudio config ({type(e).__name__})")
     if not isinstance(config, TrainerConfig):
-        raise _BadInput(f"{load_config}: not a nerfstudio TrainerConfig (expected the config.yml of a training run)")
+        raise PMNIInputError(f"{load_config}: not a nerfstudio TrainerConfig (expected the config.yml of a training run)")
     if config.method_name not in all_methods:
-        raise _BadInput(f"{load_config}: method {config.method_name!r} is not registered with nerfstudio (installed?)")
+        raise PMNIInputError(f"{load_config}: method {config.method_name!r} is not registered with nerfstudio (installed?)")
     if not isinstance(getattr(config, "viewer", None), ViewerConfig):
-        raise _BadInput(f"{load_config}: the config has no viewer settings")
+        raise PMNIInputError(f"{load_config}: the config has no viewer settings")
     ckpt_dir = config.get_checkpoint_dir()
     if not ckpt_dir.is_dir() or not any(ckpt_dir.glob("step-*.ckpt")):
         # output_dir is stored as given to ns-train, often relative to the folder training ran in.
         where = "" if ckpt_dir.is_absolute() else f" (relative to {Path.cwd()}; run from the folder training ran in)"
-        raise _BadInput(f"{ckpt_dir}: no checkpoints (step-*.ckpt) found for this config{where}")
+        raise PMNIInputError(f"{ckpt_dir}: no checkpoints (step-*.ckpt) found for this config{where}")
     return config
 
 
@@ -109,7 +107,7 @@ def run_viewer_defaults(load_config: Path, config: Any) -> Any:
 
 
 def parse_args(argv: Sequence[str]) -> Any:
-    """Parse pmni-viewer's command line into nerfstudio's ``RunViewer``; raise :class:`_BadInput` for a bad run.
+    """Parse pmni-viewer's command line into nerfstudio's ``RunViewer``; raise :class:`PMNIInputError` for a bad run.
 
     Without ``--load-config`` there are no run settings to start from: tyro then prints the help or its usage error.
     """
@@ -133,8 +131,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         run_viewer = parse_args(argv)
-    except _BadInput as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+    except PMNIInputError as e:
+        print_error(f"error: {e}", prog=PROG, stderr=True)
         return EXIT_BAD_INPUT
     run_viewer.main()
     return 0
