@@ -127,7 +127,7 @@ def train_and_score(
     }
     data_meta = pipeline.datamanager.train_dataset.data
     if data_meta.gt_c2w is not None:
-        from pmni_method.poses import pose_errors  # pylint: disable=import-outside-toplevel
+        from pmni_method.poses.maths import pose_errors  # pylint: disable=import-outside-toplevel
 
         result["initial_rotation_deg_mean"] = pose_errors(data_meta.c2w, data_meta.gt_c2w)["rotation_deg_mean"]
     with atomic_write(folder / "result.json", "w") as f:
@@ -257,8 +257,8 @@ def cmd_alignment_floor(args: argparse.Namespace) -> None:
     from scipy.spatial.transform import Rotation  # pylint: disable=import-outside-toplevel
 
     from pmni_method.data.diligent_mv import load_diligent_mv  # pylint: disable=import-outside-toplevel
-    from pmni_method.evaluation import chamfer_fscore  # pylint: disable=import-outside-toplevel
-    from pmni_method.poses import pose_errors  # pylint: disable=import-outside-toplevel
+    from pmni_method.metrics import chamfer_fscore  # pylint: disable=import-outside-toplevel
+    from pmni_method.poses.maths import pose_errors  # pylint: disable=import-outside-toplevel
 
     out = Path(args.out)
     rng = np.random.default_rng(0)

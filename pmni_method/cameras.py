@@ -67,11 +67,6 @@ def opencv_to_nerfstudio_c2w(c2w: np.ndarray) -> np.ndarray:
     return out
 
 
-def nerfstudio_to_opencv_c2w(c2w: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`opencv_to_nerfstudio_c2w` (the axis flip is its own inverse)."""
-    return opencv_to_nerfstudio_c2w(c2w)
-
-
 def opencv_to_nerfstudio_principal_point(cx: float, cy: float) -> Tuple[float, float]:
     """Shift an OpenCV principal point to nerfstudio's pixel-centre convention (centre of pixel i at i + 0.5)."""
     return cx + 0.5, cy + 0.5

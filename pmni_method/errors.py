@@ -32,6 +32,10 @@ class PMNIDataError(PMNIInputError, ValueError):
     """Bad input data. The message is one line: the offending file or folder, then what is wrong with it."""
 
 
+class EvaluationInputError(PMNIDataError):
+    """An input to the evaluator that cannot be used. The message is one line naming the file and the problem."""
+
+
 class PMNIDataWarning(UserWarning):
     """Borderline input data that loads but may train badly. The message is one line, like :class:`PMNIDataError`."""
 

@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.amp.grad_scaler import GradScaler
 
 from pmni_method.cameras import Normalisation
-from pmni_method.poses import pose_errors
+from pmni_method.poses.maths import pose_errors
 from pmni_method.stability import NonFiniteGuard
 
 

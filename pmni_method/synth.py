@@ -30,7 +30,6 @@ import re
 import shutil
 import signal
 import threading
-import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,22 +41,26 @@ import trimesh
 
 from pmni_method import cameras
 from pmni_method.data import io
+from pmni_method.data.layout import (
+    CAMERA_NORMAL_DIR,
+    CAMERAS_FILE,
+    DEPTH_DIR,
+    GT_CAMERAS_FILE,
+    GT_MESH_FILE,
+    MASK_DIR,
+    WORLD_NORMAL_DIR,
+)
 from pmni_method.errors import PMNIDataError
-from pmni_method.poses import POSE_NOISE_DEFINITION, perturb_poses
+from pmni_method.poses.starts import POSE_NOISE_DEFINITION, perturb_poses
+from pmni_method.raycast import cast_first_hits, make_intersector
 
 UpAxis = Literal["x", "y", "z", "-x", "-y", "-z"]
 
 DILIGENT_FOCAL = 3772.0
 """DiLiGenT-MV's focal length in pixels (fx = fy, 612x512 images)."""
 
-CAMERAS_FILE = "cameras_sphere.npz"
-GT_CAMERAS_FILE = "cameras_gt.npz"
-WORLD_NORMAL_DIR = "normal_world_space_GT"
-CAMERA_NORMAL_DIR = "normal_camera_space_GT"
-MASK_DIR = "mask"
-DEPTH_DIR = "integration/perspective"
-GT_MESH_FILE = "mesh_Gt.ply"
 INFO_FILE = "synth.json"
+"""Every option, the seed, the mesh source and derived quantities of a generated dataset (only pmni-synth writes it)."""
 
 NORMAL_NOISE_DEFINITION = (
     "each normal n is tilted by theta = |N(0, normal_noise_deg)| degrees toward the tangent direction "
@@ -235,18 +238,6 @@ def make_rig(mesh: trimesh.Trimesh, config: SynthConfig) -> Rig:
     return Rig(K=K, c2w=c2w, scale_mat=scale_mat, centre=centre, radius=radius, distance=float(distance))
 
 
-def make_intersector(mesh: trimesh.Trimesh):
-    """Embree ray caster when available (fast); trimesh's pure-numpy one otherwise (slow: warns)."""
-    if trimesh.ray.has_embree:
-        from trimesh.ray.ray_pyembree import RayMeshIntersector
-
-        return RayMeshIntersector(mesh)
-    warnings.warn("embree is not available (pip install embreex): falling back to trimesh's slow ray caster")
-    from trimesh.ray.ray_triangle import RayMeshIntersector
-
-    return RayMeshIntersector(mesh)
-
-
 def _candidate_pixels(mesh: trimesh.Trimesh, K: np.ndarray, c2w: np.ndarray, height: int, width: int) -> np.ndarray:
     """(row, col) of the pixels inside the bounding box of the projected mesh: no other pixel can see it.
 
@@ -262,28 +253,9 @@ def _candidate_pixels(mesh: trimesh.Trimesh, K: np.ndarray, c2w: np.ndarray, hei
     return np.stack([rows.ravel(), cols.ravel()], axis=-1)
 
 
-def _hit_normals(
-    mesh: trimesh.Trimesh,
-    tri: np.ndarray,
-    corners: np.ndarray,
-    face_normal: np.ndarray,
-    points: np.ndarray,
-    dirs: np.ndarray,
-    flat: bool,
-) -> np.ndarray:
-    """Unit normals at ray hits (M, 3), facing the rays' origins."""
-    n = face_normal / np.linalg.norm(face_normal, axis=1, keepdims=True)
-    if not flat:
-        bary = np.clip(trimesh.triangles.points_to_barycentric(corners, points), 0.0, None)
-        bary /= bary.sum(axis=1, keepdims=True)
-        smooth = np.einsum("ij,ijk->ik", bary, mesh.vertex_normals[mesh.faces[tri]])
-        length = np.linalg.norm(smooth, axis=1, keepdims=True)
-        usable = length[:, 0] > 1e-8
-        n = np.where(usable[:, None], smooth / np.where(usable[:, None], length, 1.0), n)
-        # Vertex normals follow the winding; make them agree with the face's before orienting both.
-        n *= np.where(np.einsum("ij,ij->i", n, face_normal) < 0, -1.0, 1.0)[:, None]
-    # A ray that meets a face from behind (open meshes, inconsistent winding) sees its other side.
-    n *= np.where(np.einsum("ij,ij->i", face_normal, dirs) > 0, -1.0, 1.0)[:, None]
+def _lean_toward_camera(normals: np.ndarray, dirs: np.ndarray) -> np.ndarray:
+    """Push normals that lean away from their rays' origins back to a cosine of at least ``_MIN_FACING_COSINE``."""
+    n = np.array(normals, copy=True)
     cosine = -np.einsum("ij,ij->i", n, dirs)
     lean = cosine < _MIN_FACING_COSINE
     if np.any(lean):
@@ -303,26 +275,12 @@ def render_view(
     if len(pixels) == 0:
         return ViewRender(mask, normals, depth)
     origins, dirs = cameras.pixel_rays(K, c2w, height, width, pixels)
-    tri = np.asarray(intersector.intersects_first(origins, dirs))
-    hit = tri >= 0
-    pixels, origins, dirs, tri = pixels[hit], origins[hit], dirs[hit], tri[hit]
-
-    # Embree works in float32; redo the hit in float64 against the triangle it found.
-    corners = mesh.vertices[mesh.faces[tri]]
-    face_normal = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
-    denom = np.einsum("ij,ij->i", dirs, face_normal)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.einsum("ij,ij->i", corners[:, 0] - origins, face_normal) / denom
-    ok = np.isfinite(t) & (t > 0)
-    pixels, origins, dirs, tri, corners = pixels[ok], origins[ok], dirs[ok], tri[ok], corners[ok]
-    face_normal, t = face_normal[ok], t[ok]
-    points = origins + t[:, None] * dirs
-    n = _hit_normals(mesh, tri, corners, face_normal, points, dirs, flat)
-
+    hits = cast_first_hits(mesh, origins, dirs, normal_type="face" if flat else "interpolated", intersector=intersector)
+    pixels, dirs = pixels[hits.hit], dirs[hits.hit]
     rows, cols = pixels[:, 0], pixels[:, 1]
     mask[rows, cols] = True
-    normals[rows, cols] = n
-    depth[rows, cols] = t * (dirs @ np.asarray(c2w)[:3, 2])
+    normals[rows, cols] = _lean_toward_camera(hits.normals[hits.hit], dirs)
+    depth[rows, cols] = hits.distances[hits.hit] * (dirs @ np.asarray(c2w)[:3, 2])
     return ViewRender(mask, normals, depth)
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from helpers import nerfstudio_to_opencv_c2w
 from pmni_method import cameras
 
 
@@ -106,7 +107,7 @@ def test_opencv_to_nerfstudio_c2w_looks_along_minus_z():
         np.testing.assert_allclose(gl[:3, 0], cv[:3, 0])
         np.testing.assert_allclose(gl[:3, 3], cv[:3, 3])
         assert np.linalg.det(gl[:3, :3]) == pytest.approx(1.0)
-    np.testing.assert_allclose(cameras.nerfstudio_to_opencv_c2w(ns), batch[:, :3])
+    np.testing.assert_allclose(nerfstudio_to_opencv_c2w(ns), batch[:, :3])
     # The input is not modified in place.
     assert not np.allclose(ns[:, :3, 1], batch[:, :3, 1])
 

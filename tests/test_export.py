@@ -333,7 +333,7 @@ def test_file_group_publishes_together_and_restores_on_failure(tmp_path, monkeyp
 @pytest.mark.parametrize("suffix", [".ply", ".obj"])
 def test_cli_records_the_checkpoint_in_mesh_and_poses(tmp_path, monkeypatch, capsys, suffix):
     from pmni_method.export import read_mesh_source
-    from pmni_method.poses import read_poses_file
+    from pmni_method.poses.files import read_poses_file
 
     monkeypatch.setattr(
         export_cli, "load_pipeline",

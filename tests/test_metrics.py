@@ -14,17 +14,12 @@ import trimesh
 from scipy.spatial.transform import Rotation
 
 from pmni_method.cameras import Normalisation, ring_poses
-from pmni_method.evaluation import (
-    apply_alignment,
-    chamfer_fscore,
-    evaluate_arrays,
-    normal_metrics,
-    print_metrics,
-    render_normal_maps,
-    sample_visible_surface,
-    view_normal_stats,
-)
-from pmni_method.poses import similarity_matrix, umeyama
+from pmni_method.alignment import apply_alignment
+from pmni_method.evaluation import evaluate_arrays
+from pmni_method.metrics import chamfer_fscore, normal_metrics, view_normal_stats
+from pmni_method.raycast import render_normal_maps, sample_visible_surface
+from pmni_method.report import print_metrics
+from pmni_method.poses.maths import similarity_matrix, umeyama
 from pmni_method.scripts.eval import EvalConfig, main
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ from pmni_method import cameras
 from pmni_method.data import io, plausibility
 from pmni_method.data.diligent_mv import load_diligent_mv
 from pmni_method.errors import PMNIDataError, PMNIDataWarning
-from pmni_method.poses import PoseInitConfig
+from pmni_method.poses.starts import PoseInitConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_dataparser import render_sphere  # noqa: E402
@@ -286,11 +286,11 @@ def _parser(data: Path, **kwargs):
 
 
 def _printed(monkeypatch: pytest.MonkeyPatch) -> List[tuple]:
-    """Record (text, style) of everything the dataparser prints."""
-    from pmni_method.dataparsers import diligent_mv_dataparser as module
+    """Record (text, style) of everything the dataparser prints (through nerfstudio's console or pmni's errors)."""
+    from rich.console import Console
 
     printed: List[tuple] = []
-    monkeypatch.setattr(module.CONSOLE, "print", lambda text, **kw: printed.append((str(text), kw.get("style"))))
+    monkeypatch.setattr(Console, "print", lambda self, text, **kw: printed.append((str(text), kw.get("style"))))
     return printed
 
 

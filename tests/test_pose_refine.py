@@ -27,7 +27,8 @@ from pmni_method.models.core import PMNICore
 from pmni_method.models.pose_refine import PoseRefinerConfig, recentre_on_masks
 from pmni_method.models.presets import core_preset
 from pmni_method.models.schedule import LRScheduleConfig
-from pmni_method.poses import perturb_poses, rotation_errors_deg
+from pmni_method.poses.maths import rotation_errors_deg
+from pmni_method.poses.starts import perturb_poses
 
 # A rounded box with three different sides. Its faces are flat, so turning a camera about the object rotates the
 # normals it sees by the full angle; a smooth blob (a sphere, an ellipsoid) shows such orbit errors only through its
@@ -477,7 +478,7 @@ def test_pmni_eval_poses_undo_a_similarity(bunny_dir: Path, tmp_path: Path, caps
 
     from pmni_method.data.diligent_mv import load_diligent_mv
     from pmni_method.evaluation import evaluate
-    from pmni_method.poses import similarity_matrix
+    from pmni_method.poses.maths import similarity_matrix
     from pmni_method.scripts import eval as eval_cli
     from pmni_method.scripts.export import poses_json, write_poses_atomic
 

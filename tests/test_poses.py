@@ -9,18 +9,14 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from pmni_method import cameras, poses, synth
+from helpers import alignment_to_world
+from pmni_method import cameras, synth
 from pmni_method.data.diligent_mv import load_diligent_mv
 from pmni_method.errors import PMNIDataError
-from pmni_method.poses import (
-    PoseInitConfig,
-    align_cameras,
-    load_poses_file,
-    perturb_poses,
-    pose_errors,
-    ring_initialisation,
-    rotation_errors_deg,
-)
+from pmni_method.poses import starts
+from pmni_method.poses.files import load_poses_file
+from pmni_method.poses.maths import align_cameras, pose_errors, rotation_errors_deg
+from pmni_method.poses.starts import PoseInitConfig, perturb_poses, ring_initialisation
 
 
 def _identity_cameras(n: int) -> np.ndarray:
@@ -89,8 +85,8 @@ def test_fixed_noise_has_exact_magnitude() -> None:
 
 
 def test_synth_uses_the_shared_perturbation() -> None:
-    assert synth.perturb_poses is poses.perturb_poses
-    assert synth.POSE_NOISE_DEFINITION is poses.POSE_NOISE_DEFINITION
+    assert synth.perturb_poses is starts.perturb_poses
+    assert synth.POSE_NOISE_DEFINITION is starts.POSE_NOISE_DEFINITION
 
 
 # ------------------------------------------------------------------------------------------------- ring
@@ -236,7 +232,7 @@ def test_alignment_to_world_moves_world_points_like_the_normalised_alignment() -
     world, norm = _world_poses()
     gt = norm.c2w_to_normalised(world)
     est = _apply_similarity(gt, *_similarity(5))
-    T_world = poses.alignment_to_world(np.array(pose_errors(est, gt)["alignment"]), norm)
+    T_world = alignment_to_world(np.array(pose_errors(est, gt)["alignment"]), norm)
     est_world_centres = norm.to_world(est[:, :3, 3])
     moved = est_world_centres @ T_world[:3, :3].T + T_world[:3, 3]
     np.testing.assert_allclose(moved, world[:, :3, 3], atol=1e-6)

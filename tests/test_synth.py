@@ -14,10 +14,11 @@ import pytest
 import trimesh
 
 from pmni_method import cameras
-from pmni_method.data import io
-from pmni_method.errors import PMNIDataError
-from pmni_method.scripts import synth as synth_cli
+from pmni_method.data import io, layout
 from pmni_method import synth
+from pmni_method.errors import PMNIDataError
+from pmni_method.npz import read_npz
+from pmni_method.scripts import synth as synth_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,9 +27,9 @@ def _info(folder: Path) -> dict:
     return json.loads((folder / synth.INFO_FILE).read_text())
 
 
-def _cameras(folder: Path, name: str = synth.CAMERAS_FILE):
+def _cameras(folder: Path, name: str = layout.CAMERAS_FILE):
     """(K, c2w, scale_mat) per view, recovered from the npz by decomposition."""
-    arrays = io.read_npz(folder / name)
+    arrays = read_npz(folder / name)
     n = _info(folder)["options"]["num_views"]
     out = []
     for i in range(n):
@@ -39,10 +40,10 @@ def _cameras(folder: Path, name: str = synth.CAMERAS_FILE):
 
 def _view(folder: Path, i: int):
     stem = f"{i:03d}"
-    mask = io.read_mask(folder / synth.MASK_DIR / f"{stem}.png")
-    world = io.read_exr(folder / synth.WORLD_NORMAL_DIR / f"{stem}.exr")
-    camera = io.read_exr(folder / synth.CAMERA_NORMAL_DIR / f"{stem}.exr")
-    depth = np.load(folder / synth.DEPTH_DIR / f"{stem}.npy")
+    mask = io.read_mask(folder / layout.MASK_DIR / f"{stem}.png")
+    world = io.read_exr(folder / layout.WORLD_NORMAL_DIR / f"{stem}.exr")
+    camera = io.read_exr(folder / layout.CAMERA_NORMAL_DIR / f"{stem}.exr")
+    depth = np.load(folder / layout.DEPTH_DIR / f"{stem}.npy")
     return mask, world, camera, depth
 
 
@@ -67,16 +68,16 @@ def test_layout_complete(name, request):
     n = info["options"]["num_views"]
     stems = [f"{i:03d}" for i in range(n)]
     for sub, suffix in [
-        (synth.WORLD_NORMAL_DIR, ".exr"),
-        (synth.CAMERA_NORMAL_DIR, ".exr"),
-        (synth.MASK_DIR, ".png"),
-        (synth.DEPTH_DIR, ".npy"),
+        (layout.WORLD_NORMAL_DIR, ".exr"),
+        (layout.CAMERA_NORMAL_DIR, ".exr"),
+        (layout.MASK_DIR, ".png"),
+        (layout.DEPTH_DIR, ".npy"),
     ]:
         assert sorted(p.name for p in (folder / sub).iterdir()) == [s + suffix for s in stems], sub
-    keys = set(io.read_npz(folder / synth.CAMERAS_FILE))
+    keys = set(read_npz(folder / layout.CAMERAS_FILE))
     assert keys == {f"world_mat_{i}" for i in range(n)} | {f"scale_mat_{i}" for i in range(n)}
-    assert (folder / synth.GT_MESH_FILE).is_file()
-    assert not (folder / synth.GT_CAMERAS_FILE).exists()  # no pose noise: stored poses are the true ones
+    assert (folder / layout.GT_MESH_FILE).is_file()
+    assert not (folder / layout.GT_CAMERAS_FILE).exists()  # no pose noise: stored poses are the true ones
     # The staging folder was renamed, not left beside the output.
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]
     h, w = info["image_size_wh"][1], info["image_size_wh"][0]
@@ -95,7 +96,7 @@ def test_tiny_fixture_sizes(bunny_dir, spot_dir, sphere_dir):
 
 def test_masks_binary_nonempty_and_consistent(bunny_dir):
     for i in range(8):
-        raw = io.read_image(bunny_dir / synth.MASK_DIR / f"{i:03d}.png")
+        raw = io.read_image(bunny_dir / layout.MASK_DIR / f"{i:03d}.png")
         assert raw.dtype == np.uint8 and raw.ndim == 2 and set(np.unique(raw)) <= {0, 255}
         mask, world, camera, depth = _view(bunny_dir, i)
         assert mask.sum() > 50
@@ -143,14 +144,14 @@ def test_scale_mat_puts_the_object_strictly_inside_the_unit_sphere(name, request
     folder: Path = request.getfixturevalue(name)
     scale_mat = _cameras(folder)[0][2]
     assert np.allclose(scale_mat[:3, :3], scale_mat[0, 0] * np.eye(3))
-    mesh = trimesh.load(folder / synth.GT_MESH_FILE, process=False)
+    mesh = trimesh.load(folder / layout.GT_MESH_FILE, process=False)
     radii = np.linalg.norm(cameras.Normalisation(scale_mat).to_normalised(mesh.vertices), axis=1)
     assert 0.9 < radii.max() < 1.0
 
 
 def test_gt_mesh_is_in_world_units(bunny_dir, shared_meshes):
     source = trimesh.load(shared_meshes / "stanford-bunny.obj", force="mesh", process=False)
-    gt = trimesh.load(bunny_dir / synth.GT_MESH_FILE, process=False)
+    gt = trimesh.load(bunny_dir / layout.GT_MESH_FILE, process=False)
     # PLY stores float32 vertices.
     np.testing.assert_allclose(gt.bounds, source.bounds * 1000.0, rtol=1e-6)
     assert _info(bunny_dir)["bbox_diagonal_world"] == pytest.approx(np.linalg.norm(np.ptp(gt.bounds, axis=0)), rel=1e-6)
@@ -161,7 +162,7 @@ def test_gt_mesh_vertices_project_inside_the_masks(name, request):
     import scipy.ndimage
 
     folder: Path = request.getfixturevalue(name)
-    vertices = trimesh.load(folder / synth.GT_MESH_FILE, process=False).vertices
+    vertices = trimesh.load(folder / layout.GT_MESH_FILE, process=False).vertices
     for i, (K, c2w, _) in enumerate(_cameras(folder)):
         mask = _view(folder, i)[0]
         uv, z = cameras.project_points(K, c2w, vertices)
@@ -177,7 +178,7 @@ def test_gt_mesh_vertices_project_inside_the_masks(name, request):
 @pytest.mark.parametrize("name", ["bunny_dir", "sphere_dir"])
 def test_depth_backprojects_onto_the_mesh(name, request):
     folder: Path = request.getfixturevalue(name)
-    mesh = trimesh.load(folder / synth.GT_MESH_FILE, process=False)
+    mesh = trimesh.load(folder / layout.GT_MESH_FILE, process=False)
     diagonal = _info(folder)["bbox_diagonal_world"]
     for i, (K, c2w, _) in enumerate(_cameras(folder)[:3]):
         mask, _, _, depth = _view(folder, i)
@@ -252,7 +253,7 @@ def test_same_config_gives_byte_identical_files(make_tiny_dataset, sphere_mesh_p
     for rel in files:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
     c = make_tiny_dataset(sphere_mesh_path, **{**options, "seed": 8})
-    assert (a / synth.CAMERAS_FILE).read_bytes() != (c / synth.CAMERAS_FILE).read_bytes()
+    assert (a / layout.CAMERAS_FILE).read_bytes() != (c / layout.CAMERAS_FILE).read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -275,10 +276,10 @@ def test_normal_noise_perturbs_only_the_normals(clean_and_noisy):
     # |N(0, s)| has mean s sqrt(2 / pi).
     assert angles.mean() == pytest.approx(NOISY["normal_noise_deg"] * np.sqrt(2 / np.pi), rel=0.1)
     # Camera-space files carry the same noisy normals, in the true camera; they still face it.
-    _, true_c2w, _ = _cameras(noisy, synth.GT_CAMERAS_FILE)[0]
+    _, true_c2w, _ = _cameras(noisy, layout.GT_CAMERAS_FILE)[0]
     mask, world, camera, _ = _view(noisy, 0)
     np.testing.assert_allclose(cameras.camera_normals_to_world(camera[mask], true_c2w), world[mask], atol=1e-5)
-    K = _cameras(noisy, synth.GT_CAMERAS_FILE)[0][0]
+    K = _cameras(noisy, layout.GT_CAMERAS_FILE)[0][0]
     _, dirs = cameras.pixel_rays(K, true_c2w, *mask.shape, pixels=_pixel_grid(mask))
     assert np.all(np.einsum("ij,ij->i", world[mask], dirs) < 0)
 
@@ -301,14 +302,14 @@ def test_normal_noise_definition_and_facing():
 
 def test_pose_noise_perturbs_stored_poses_and_keeps_the_true_ones(clean_and_noisy):
     clean, noisy = clean_and_noisy
-    assert not (clean / synth.GT_CAMERAS_FILE).exists()
-    true = io.read_npz(noisy / synth.GT_CAMERAS_FILE)
-    reference = io.read_npz(clean / synth.CAMERAS_FILE)
+    assert not (clean / layout.GT_CAMERAS_FILE).exists()
+    true = read_npz(noisy / layout.GT_CAMERAS_FILE)
+    reference = read_npz(clean / layout.CAMERAS_FILE)
     assert true.keys() == reference.keys()
     for key in reference:
         np.testing.assert_allclose(true[key], reference[key], rtol=1e-12, atol=1e-9)
     distance = _info(noisy)["camera_distance_world"]
-    for (K_s, c2w_s, scale_s), (K_t, c2w_t, scale_t) in zip(_cameras(noisy), _cameras(noisy, synth.GT_CAMERAS_FILE)):
+    for (K_s, c2w_s, scale_s), (K_t, c2w_t, scale_t) in zip(_cameras(noisy), _cameras(noisy, layout.GT_CAMERAS_FILE)):
         np.testing.assert_allclose(K_s, K_t, atol=1e-9)
         np.testing.assert_array_equal(scale_s, scale_t)
         angle = np.degrees(np.arccos(np.clip((np.trace(c2w_s[:3, :3].T @ c2w_t[:3, :3]) - 1) / 2, -1, 1)))
@@ -380,7 +381,7 @@ def test_cli_refuses_a_non_empty_output_unless_overwrite(monkeypatch, capsys, tm
 
     code, out, _ = _run_cli(monkeypatch, capsys, *args, "--overwrite")
     assert code == 0 and "views" in out and "16x16" in out
-    assert not (output / "keep.txt").exists() and (output / synth.CAMERAS_FILE).is_file()
+    assert not (output / "keep.txt").exists() and (output / layout.CAMERAS_FILE).is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 

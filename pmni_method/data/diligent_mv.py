@@ -9,7 +9,7 @@ Layout::
     <data_dir>/integration/perspective/*.npy   optional camera-z depth
     <data_dir>/mesh_Gt.ply                optional ground-truth mesh (world units)
 
-The poses training starts from are the stored ones by default; :class:`pmni_method.poses.PoseInitConfig` swaps them
+The poses training starts from are the stored ones by default; :class:`pmni_method.poses.starts.PoseInitConfig` swaps them
 for noisy, ring or file poses (pose-free reconstruction) while the true ones stay in ``gt_c2w``.
 
 Loading ends with the plausibility checks of :mod:`pmni_method.data.plausibility` (normals facing their cameras,
@@ -28,17 +28,15 @@ from typing import Callable, Dict, Iterable, List, Literal, Optional, Sequence, 
 import numpy as np
 import scipy.ndimage
 
-from pmni_method import cameras, poses
+from pmni_method import cameras
 from pmni_method.data import io, plausibility
+from pmni_method.data.layout import CAMERAS_FILE, DEPTH_DIR, GT_CAMERAS_FILE, GT_MESH_FILE, MASK_DIR, WORLD_NORMAL_DIR
 from pmni_method.data.types import MultiViewNormalData
 from pmni_method.errors import PMNIDataError
+from pmni_method.npz import read_npz
+from pmni_method.poses.starts import PoseInitConfig, initial_poses
 
 NormalSpace = Literal["auto", "world", "camera"]
-
-CAMERAS_FILE = "cameras_sphere.npz"
-GT_CAMERAS_FILE = "cameras_gt.npz"
-MASK_DIR = "mask"
-GT_MESH_FILE = "mesh_Gt.ply"
 
 UNIT_TOLERANCE = 0.1
 """A normal is broken when ``| ||n|| - 1 |`` exceeds this (or it is not finite)."""
@@ -85,7 +83,7 @@ def index_folder(folder: Path, suffixes: Sequence[str]) -> Dict[int, Path]:
     return files
 
 
-def find_normal_maps(data_dir: Path, normal_dir: str = "normal_world_space_GT") -> Dict[int, Path]:
+def find_normal_maps(data_dir: Path, normal_dir: str = WORLD_NORMAL_DIR) -> Dict[int, Path]:
     """Map view index -> normal-map file of a dataset."""
     return index_folder(Path(data_dir) / normal_dir, io.NORMAL_SUFFIXES)
 
@@ -205,12 +203,12 @@ def downscale_views(
 
 def load_diligent_mv(
     data_dir: Path,
-    normal_dir: str = "normal_world_space_GT",
+    normal_dir: str = WORLD_NORMAL_DIR,
     normal_space: str = "auto",
     downscale_factor: int = 1,
-    depth_dir: Optional[str] = "integration/perspective",
+    depth_dir: Optional[str] = DEPTH_DIR,
     load_depth: bool = True,
-    pose_init: Optional[poses.PoseInitConfig] = None,
+    pose_init: Optional[PoseInitConfig] = None,
     data_checks: plausibility.DataChecks = "error",
     warn: Optional[Callable[[str], None]] = None,
 ) -> MultiViewNormalData:
@@ -246,7 +244,7 @@ def load_diligent_mv(
     mask_files = index_folder(data_dir / MASK_DIR, io.MASK_SUFFIXES)
     _check_same_views(data_dir, {normal_dir: normal_files, MASK_DIR: mask_files})
     view_ids = sorted(normal_files)
-    camera_arrays = io.read_npz(camera_path)
+    camera_arrays = read_npz(camera_path)
     _check_camera_views(camera_path, camera_arrays, view_ids)
 
     K, c2w, c2w_world, scale_mat = _read_cameras(camera_path, camera_arrays, view_ids)
@@ -259,13 +257,13 @@ def load_diligent_mv(
     check_c2w_world: Optional[np.ndarray] = c2w_world
     if (data_dir / GT_CAMERAS_FILE).is_file():
         gt_path = data_dir / GT_CAMERAS_FILE
-        _, gt_c2w, check_c2w_world, _ = _read_cameras(gt_path, io.read_npz(gt_path), view_ids, scale_mat=scale_mat)
+        _, gt_c2w, check_c2w_world, _ = _read_cameras(gt_path, read_npz(gt_path), view_ids, scale_mat=scale_mat)
         check_c2w = gt_c2w
-    pose_init = pose_init if pose_init is not None else poses.PoseInitConfig()
+    pose_init = pose_init if pose_init is not None else PoseInitConfig()
     if gt_c2w is None and pose_init.pose_init in ("ring", "file"):
         check_c2w = check_c2w_world = None
     # Chosen before any image is read, so that a bad pose option or poses file fails fast.
-    init_c2w = poses.initial_poses(pose_init, c2w, gt_c2w if gt_c2w is not None else c2w, view_ids, normalisation)
+    init_c2w = initial_poses(pose_init, c2w, gt_c2w if gt_c2w is not None else c2w, view_ids, normalisation)
     if pose_init.pose_init != "gt" and gt_c2w is None:
         # A clean dataset's stored poses are the truth that noisy / ring / file runs are scored against.
         gt_c2w = c2w

@@ -7,8 +7,6 @@ reported by name instead of as a stack trace from OpenEXR or OpenCV.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict
-
 import cv2
 import numpy as np
 import OpenEXR
@@ -83,17 +81,6 @@ def read_npy(path: Path) -> np.ndarray:
         return np.load(path, allow_pickle=False)
     except Exception as e:  # ValueError / EOFError / UnpicklingError for corrupt or truncated files
         raise _fail(path, f"unreadable .npy file ({e})") from None
-
-
-def read_npz(path: Path) -> Dict[str, np.ndarray]:
-    """Load every array of an .npz file into memory."""
-    path = Path(path)
-    _require_file(path)
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return {k: np.asarray(f[k]) for k in f.files}
-    except Exception as e:  # BadZipFile, EOFError, ValueError, zlib.error... all mean the same to the user
-        raise _fail(path, f"unreadable .npz file ({type(e).__name__}: {e})") from None
 
 
 def read_normal_map(path: Path) -> np.ndarray:

@@ -8,7 +8,7 @@ to the foreground).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal, Optional, Tuple, Type
 
@@ -21,21 +21,24 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from pmni_method import cameras
 from pmni_method.data.diligent_mv import find_normal_maps, load_diligent_mv, split_indices
+from pmni_method.data.layout import WORLD_NORMAL_DIR
 from pmni_method.data.plausibility import DataChecks
 from pmni_method.data.types import MultiViewNormalData
 from pmni_method.errors import PMNIDataError, exit_with_error
-from pmni_method.poses import PoseInit, PoseInitConfig, PoseNoiseDistribution
+from pmni_method.poses.starts import PoseInitConfig
 
 
+# The pose flags (--pose-init, --pose-noise-*, --ring-*, --poses-file) are PoseInitConfig's fields, inherited so that
+# they and their help texts exist once; tyro reads the help of inherited fields from PoseInitConfig's source.
 @dataclass
-class DiligentMVDataParserConfig(DataParserConfig):
+class DiligentMVDataParserConfig(DataParserConfig, PoseInitConfig):
     """DiLiGenT-MV layout: cameras_sphere.npz, a normal-map folder, mask/, optional depth and GT mesh."""
 
     _target: Type = field(default_factory=lambda: DiligentMVDataParser)
     """Target class to instantiate."""
     data: Path = Path("data/DiLiGenT-MV/bearPNG")
     """Dataset folder of one object (holds cameras_sphere.npz)."""
-    normal_dir: str = "normal_world_space_GT"
+    normal_dir: str = WORLD_NORMAL_DIR
     """Normal-map folder inside the dataset, e.g. normal_world_space_sdmunips or normal_camera_space_GT."""
     normal_space: Literal["auto", "world", "camera"] = "auto"
     """Frame of the normal maps; auto = camera if the folder name contains 'camera', else world."""
@@ -47,44 +50,12 @@ class DiligentMVDataParserConfig(DataParserConfig):
     """Load integration/perspective/*.npy depth maps when the dataset has them."""
     data_checks: DataChecks = "error"
     """Load-time checks that normals face the cameras and the object fits the unit sphere: error = refuse, warn, off."""
-    pose_init: PoseInit = PoseInitConfig.pose_init
-    """Start poses of all views: gt = cameras_sphere.npz as is; noisy = true + noise; ring = turntable; file."""
-    pose_noise_rotation_deg: float = PoseInitConfig.pose_noise_rotation_deg
-    """noisy: rotation noise in degrees, |N(0, s)| about a random axis through the camera centre (s if fixed)."""
-    pose_noise_translation: float = PoseInitConfig.pose_noise_translation
-    """noisy: camera-centre noise as a fraction of the mean camera distance (per-axis std; exact length if fixed)."""
-    pose_noise_seed: int = PoseInitConfig.pose_noise_seed
-    """noisy: seed of the pose noise."""
-    pose_noise_distribution: PoseNoiseDistribution = PoseInitConfig.pose_noise_distribution
-    """noisy: half-normal = random angle and Gaussian offset; fixed = exactly the given angle and offset per view."""
-    ring_radius: Optional[float] = PoseInitConfig.ring_radius
-    """ring: camera distance from the origin in normalised units; None = mean camera distance of cameras_sphere.npz."""
-    ring_elevation_deg: Tuple[float, float] = PoseInitConfig.ring_elevation_deg
-    """ring: elevation in degrees as (min, max), spread linearly over the views in view-id order."""
-    ring_up: Tuple[float, float, float] = PoseInitConfig.ring_up
-    """ring: turntable axis and image-up direction in the normalised frame (pmni-synth datasets: +y)."""
-    ring_start_azimuth_deg: float = PoseInitConfig.ring_start_azimuth_deg
-    """ring: azimuth of the lowest view id in degrees (0 = on +z when up is +y, as in pmni-synth)."""
-    ring_reverse: bool = PoseInitConfig.ring_reverse
-    """ring: go round the turntable the other way (left-handed about ring-up)."""
-    poses_file: Optional[Path] = PoseInitConfig.poses_file
-    """file: poses in world units, OpenCV axes: .npz (world_mat_<i>), .npy/.txt (N,4,4)/(N,3,4), .json [{view, c2w}]."""
 
     def pose_init_config(self) -> PoseInitConfig:
-        """The pose options as the nerfstudio-free :class:`PoseInitConfig` the loader takes."""
-        return PoseInitConfig(
-            pose_init=self.pose_init,
-            pose_noise_rotation_deg=self.pose_noise_rotation_deg,
-            pose_noise_translation=self.pose_noise_translation,
-            pose_noise_seed=self.pose_noise_seed,
-            pose_noise_distribution=self.pose_noise_distribution,
-            ring_radius=self.ring_radius,
-            ring_elevation_deg=tuple(self.ring_elevation_deg),  # type: ignore[arg-type]
-            ring_up=tuple(self.ring_up),  # type: ignore[arg-type]
-            ring_start_azimuth_deg=self.ring_start_azimuth_deg,
-            ring_reverse=self.ring_reverse,
-            poses_file=self.poses_file,
-        )
+        """The pose options (inherited from :class:`PoseInitConfig`) as the plain config the loader takes."""
+        values = {f.name: getattr(self, f.name) for f in fields(PoseInitConfig)}
+        # A config read back from YAML or built by hand may hold lists where the loader expects tuples.
+        return PoseInitConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 class DiligentMVDataParser(DataParser):

@@ -35,7 +35,7 @@ from torch import Tensor
 from pmni_method.data.raystore import RayStore
 from pmni_method.data.types import MultiViewNormalData
 from pmni_method.models.pose_refine import PoseRefiner, se3_matrices
-from pmni_method.poses import rotation_errors_deg
+from pmni_method.poses.maths import rotation_errors_deg
 
 # (origins [N, 3], directions [N, 3], directions_norm [N, 1]) -> (normal [N, 3], accumulation [N, 1]), no grad.
 RenderFn = Callable[[Tensor, Tensor, Tensor], Tuple[Tensor, Tensor]]

@@ -61,7 +61,8 @@ def _load_alignment(path: Path) -> np.ndarray:
 
 def main(config: EvalConfig) -> int:
     """Run the evaluation; return the process exit code (0, or 2 for bad input after printing one line)."""
-    from pmni_method.evaluation import evaluate, print_metrics
+    from pmni_method.evaluation import evaluate
+    from pmni_method.report import print_metrics
 
     try:
         if config.downscale_factor < 1:

@@ -64,7 +64,7 @@ def run_poses(pipeline: Any) -> Tuple[List[int], np.ndarray, bool]:
 def poses_json(
     view_ids: List[int], c2w_world: np.ndarray, refined: bool, source: Optional[Dict[str, Any]] = None
 ) -> List[Dict[str, Any]]:
-    """The JSON pose-file form ``[{"view", "c2w", "refined"}]`` that ``poses.load_poses_file`` reads back.
+    """The JSON pose-file form ``[{"view", "c2w", "refined"}]`` that ``pmni_method.poses.files.load_poses_file`` reads back.
 
     ``source`` (:meth:`RunSource.to_json`) goes into every entry as ``"source"``: the file must stay a list for the
     pose readers, which ignore keys they do not know.
