@@ -421,3 +421,23 @@ def test_refined_poses_follow_the_camera_optimizer_as_it_moves_rays():
     assert np.array_equal(PMNIPipeline.refined_poses(fake), c2w * 2)
     fake.model.camera_optimizer = SimpleNamespace(config=SimpleNamespace(mode="off"))
     assert PMNIPipeline.refined_poses(fake) is None
+
+
+@pytest.mark.parametrize("num_views", [2, 4])
+def test_pose_errors_of_an_unalignable_rig_are_absent_not_a_crash(num_views: int):
+    """Fewer than three camera centres, or collinear ones, have no alignment: logging skips the pose error."""
+    from types import SimpleNamespace
+
+    from pmni_method.pipeline import PMNIPipeline
+
+    gt = np.tile(np.eye(4), (num_views, 1, 1))
+    gt[:, 0, 3] = np.arange(num_views)  # on one line: collinear even with four views
+    fake = SimpleNamespace(
+        datamanager=SimpleNamespace(train_dataset=SimpleNamespace(data=SimpleNamespace(gt_c2w=gt))),
+        refined_poses=lambda: gt.copy(),
+    )
+    assert PMNIPipeline.pose_errors(fake) is None
+    if num_views == 4:
+        # Once the centres span a plane, the same call measures the (zero) error.
+        gt[:, 1, 3] = [0.0, 1.0, 3.0, 7.0]
+        assert PMNIPipeline.pose_errors(fake)["rotation_deg_mean"] < 1e-9
