@@ -379,3 +379,17 @@ def test_bad_poses_file_through_dataparser_is_one_red_line(bunny_dir: Path, tmp_
         parser.get_dataparser_outputs("train")
     assert info.value.code == 2
     assert str(bad) in capsys.readouterr().out
+
+
+def test_pose_modules_import_without_image_libraries_or_the_data_loader() -> None:
+    """The pose maths, starts and files run in a process that has neither OpenCV / OpenEXR, torch nor data/."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from pmni_method.poses import files, maths, starts\n"
+        "print(sorted(m for m in ('cv2', 'OpenEXR', 'torch', 'nerfstudio', 'pmni_method.data') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

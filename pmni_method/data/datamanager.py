@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Dict, Iterator, List, Literal, Tuple, Type, Union
 import torch
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.cameras.rays import RayBundle
-from nerfstudio.configs.dataparser_configs import AnnotatedDataParserUnion
+from nerfstudio.configs.dataparser_configs import AnnotatedDataParserUnion, all_dataparsers
 from nerfstudio.data.datamanagers.base_datamanager import DataManager, DataManagerConfig
 from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
 from nerfstudio.data.datasets.base_dataset import InputDataset
@@ -18,7 +19,6 @@ from torch.nn import Parameter
 
 from pmni_method.data.raystore import RayStore
 from pmni_method.data.types import MultiViewNormalData
-from pmni_method.dataparsers.diligent_mv_dataparser import DiligentMVDataParserConfig
 
 
 def shade_normals(normals: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -82,7 +82,8 @@ class PMNIDataManagerConfig(DataManagerConfig):
     _target: Type = field(default_factory=lambda: PMNIDataManager)
     """Target class to instantiate."""
     # nerfstudio's dataparser union makes `diligent-mv-data` a subcommand of ns-train, as users expect.
-    dataparser: AnnotatedDataParserUnion = field(default_factory=DiligentMVDataParserConfig)
+    # Taken from nerfstudio's registry (entry point diligent-mv-data): data/ must not import dataparsers/.
+    dataparser: AnnotatedDataParserUnion = field(default_factory=lambda: copy.deepcopy(all_dataparsers["diligent-mv-data"]))
     """Reads the DiLiGenT-MV layout."""
     train_num_rays_per_batch: int = 1024
     """Rays per training step."""
