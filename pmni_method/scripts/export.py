@@ -16,6 +16,7 @@ import tyro
 
 from pmni_method.atomic import FileGroup, PublishError, write_json_atomic
 from pmni_method.errors import EXIT_BAD_INPUT, PMNIInputError, print_error
+from pmni_method.scripts.run_config import load_trainer_config
 
 
 
@@ -176,41 +177,15 @@ def load_pipeline(load_config: Path) -> Tuple[Any, RunSource]:
 
     Returns the pipeline and the :class:`RunSource` of the checkpoint it was loaded from.
 
-    The checks mirror what ``eval_setup`` would otherwise answer with an assert, a ``sys.exit(1)`` or a traceback.
+    The run is checked first (:func:`pmni_method.scripts.run_config.load_trainer_config`).
     """
-    import yaml
-
-    if not load_config.is_file():
-        raise PMNIInputError(f"{load_config}: config file not found")
-    # nerfstudio takes seconds to import; checking the YAML's structure first (compose builds no objects) answers
-    # a wrong file at once.
-    try:
-        root = yaml.compose(load_config.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
-        raise PMNIInputError(f"{load_config}: not a readable YAML file ({type(e).__name__})")
-    if root is None or not str(root.tag).startswith("tag:yaml.org,2002:python/object"):
-        raise PMNIInputError(f"{load_config}: not a nerfstudio TrainerConfig (expected the config.yml of a training run)")
-
+    load_trainer_config(load_config)
     with warnings.catch_warnings():
         # nerfstudio's dependencies emit deprecation warnings on import that would bury the CLI's own output.
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         import torch
-        from nerfstudio.configs.method_configs import all_methods
-        from nerfstudio.engine.trainer import TrainerConfig
         from nerfstudio.utils.eval_utils import eval_setup
-
-    try:
-        config = yaml.load(load_config.read_text(), Loader=yaml.Loader)
-    except Exception as e:  # yaml raises many error types, and unknown python tags fail on import
-        raise PMNIInputError(f"{load_config}: cannot parse as a nerfstudio config ({type(e).__name__})")
-    if not isinstance(config, TrainerConfig):
-        raise PMNIInputError(f"{load_config}: not a nerfstudio TrainerConfig (expected the config.yml of a training run)")
-    if config.method_name not in all_methods:
-        raise PMNIInputError(f"{load_config}: method {config.method_name!r} is not registered with nerfstudio (is pmni installed?)")
-    ckpt_dir = config.get_checkpoint_dir()
-    if not ckpt_dir.is_dir() or not any(ckpt_dir.glob("step-*.ckpt")):
-        raise PMNIInputError(f"{ckpt_dir}: no checkpoints (step-*.ckpt) found for this config")
 
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -22,6 +22,7 @@ from typing import Any, Dict, Optional, Sequence
 import tyro
 
 from pmni_method.errors import EXIT_BAD_INPUT, PMNIInputError, print_error
+from pmni_method.scripts.run_config import load_trainer_config
 
 PROG = "pmni-viewer"
 # Viewer settings whose default is never the run's: a public share link is a deliberate act, not a stored default.
@@ -46,45 +47,12 @@ def requested_config(argv: Sequence[str]) -> Optional[Path]:
 
 
 def load_run_config(load_config: Path) -> Any:
-    """The run's ``TrainerConfig`` from its ``config.yml``; raise :class:`PMNIInputError` for anything eval_setup would
-    otherwise answer with an assert, a ``sys.exit(1)`` or a traceback.
-    """
-    import yaml
+    """The run's ``TrainerConfig`` (checked as pmni-export checks it), which must hold viewer settings."""
+    from nerfstudio.configs.base_config import ViewerConfig
 
-    if not load_config.is_file():
-        raise PMNIInputError(f"{load_config}: config file not found")
-    # Checking the YAML's structure first (compose builds no objects) answers a wrong file before nerfstudio's
-    # seconds-long import.
-    try:
-        root = yaml.compose(load_config.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
-        raise PMNIInputError(f"{load_config}: not a readable YAML file ({type(e).__name__})")
-    if root is None or not str(root.tag).startswith("tag:yaml.org,2002:python/object"):
-        raise PMNIInputError(f"{load_config}: not a nerfstudio TrainerConfig (expected the config.yml of a training run)")
-
-    with warnings.catch_warnings():
-        # nerfstudio's dependencies emit deprecation warnings on import that would bury the CLI's own output.
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from nerfstudio.configs.base_config import ViewerConfig
-        from nerfstudio.configs.method_configs import all_methods
-        from nerfstudio.engine.trainer import TrainerConfig
-
-    try:
-        config = yaml.load(load_config.read_text(), Loader=yaml.Loader)
-    except Exception as e:  # yaml raises many error types, and unknown python tags fail on import
-        raise PMNIInputError(f"{load_config}: cannot parse as a nerfstudio config ({type(e).__name__})")
-    if not isinstance(config, TrainerConfig):
-        raise PMNIInputError(f"{load_config}: not a nerfstudio TrainerConfig (expected the config.yml of a training run)")
-    if config.method_name not in all_methods:
-        raise PMNIInputError(f"{load_config}: method {config.method_name!r} is not registered with nerfstudio (installed?)")
+    config = load_trainer_config(load_config)
     if not isinstance(getattr(config, "viewer", None), ViewerConfig):
         raise PMNIInputError(f"{load_config}: the config has no viewer settings")
-    ckpt_dir = config.get_checkpoint_dir()
-    if not ckpt_dir.is_dir() or not any(ckpt_dir.glob("step-*.ckpt")):
-        # output_dir is stored as given to ns-train, often relative to the folder training ran in.
-        where = "" if ckpt_dir.is_absolute() else f" (relative to {Path.cwd()}; run from the folder training ran in)"
-        raise PMNIInputError(f"{ckpt_dir}: no checkpoints (step-*.ckpt) found for this config{where}")
     return config
 
 
