@@ -6,20 +6,18 @@ Every bad dataset is a mutated copy of one small good dataset (the analytic sphe
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pytest
 
+from helpers import make_sphere_dataset
 from pmni_method.data import io
 from pmni_method.data.diligent_mv import load_diligent_mv
 from pmni_method.errors import PMNIDataError
 
 # Import the builder by path so this works under any pytest import mode.
-sys.path.insert(0, str(Path(__file__).parent))
-from test_dataparser import make_sphere_dataset  # noqa: E402
 
 NORMALS = "normal_world_space_GT"
 

@@ -9,81 +9,26 @@ from __future__ import annotations
 import importlib.util
 import shutil
 from pathlib import Path
-from typing import Dict
 
 import numpy as np
 import pytest
 import scipy.ndimage
 
+from helpers import (
+    HEIGHT,
+    SPHERE_CENTRE,
+    SPHERE_RADIUS,
+    WIDTH,
+    make_sphere_dataset,
+    render_sphere,
+    sphere_intrinsics,
+    sphere_poses,
+    sphere_scale_mat,
+)
 from pmni_method import cameras
 from pmni_method.data import io
 from pmni_method.data.diligent_mv import load_diligent_mv, split_indices, view_index
 from pmni_method.errors import PMNIDataError
-
-SPHERE_CENTRE = np.array([10.0, -5.0, 3.0])
-SPHERE_RADIUS = 50.0
-HEIGHT, WIDTH = 41, 49  # odd on purpose: downscaling must crop
-
-
-def _rotation(axis: np.ndarray, angle: float) -> np.ndarray:
-    axis = axis / np.linalg.norm(axis)
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
-
-
-def sphere_scale_mat(rotated: bool = False) -> np.ndarray:
-    """Normalised -> world; optionally with a rotation, which a pure-scale scale_mat would not exercise."""
-    scale_mat = np.eye(4)
-    rot = _rotation(np.array([1.0, 2.0, 0.5]), 0.7) if rotated else np.eye(3)
-    scale_mat[:3, :3] = 60.0 * rot
-    scale_mat[:3, 3] = SPHERE_CENTRE + np.array([2.0, 1.0, -1.0])  # not the sphere centre: offsets must matter
-    return scale_mat
-
-
-def sphere_intrinsics() -> np.ndarray:
-    return np.array([[110.0, 0.0, 24.3], [0.0, 112.0, 19.6], [0.0, 0.0, 1.0]])
-
-
-def sphere_poses(num_views: int) -> np.ndarray:
-    return cameras.ring_poses(num_views, radius=300.0, elevation_deg=20.0, target=SPHERE_CENTRE)
-
-
-def render_sphere(K: np.ndarray, c2w: np.ndarray, height: int, width: int, centre: np.ndarray, radius: float):
-    """Mask, unit normals and camera-z depth of a sphere seen by an OpenCV camera (in c2w's frame)."""
-    origins, dirs = cameras.pixel_rays(K, c2w, height, width)
-    oc = origins - centre
-    b = np.sum(dirs * oc, axis=-1)
-    disc = b**2 - (np.sum(oc * oc, axis=-1) - radius**2)
-    hit = disc > 0
-    t = -b - np.sqrt(np.clip(disc, 0, None))
-    points = origins + t[:, None] * dirs
-    normals = np.where(hit[:, None], (points - centre) / radius, 0.0)
-    depth = np.where(hit, t * (dirs @ c2w[:3, 2]), 0.0)
-    return hit.reshape(height, width), normals.reshape(height, width, 3), depth.reshape(height, width)
-
-
-def make_sphere_dataset(
-    root: Path, num_views: int = 5, rotated: bool = False, suffix: str = ".exr", first_id: int = 0
-) -> Path:
-    """Write an analytic-sphere dataset in the DiLiGenT-MV layout (world units ~ mm, like the real data)."""
-    root.mkdir(parents=True, exist_ok=True)
-    for sub in ("normal_world_space_GT", "normal_camera_space_GT", "mask", "integration/perspective"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    K, scale_mat = sphere_intrinsics(), sphere_scale_mat(rotated)
-    npz: Dict[str, np.ndarray] = {}
-    for pos, c2w in enumerate(sphere_poses(num_views)):
-        view = first_id + pos
-        mask, normals, depth = render_sphere(K, c2w, HEIGHT, WIDTH, SPHERE_CENTRE, SPHERE_RADIUS)
-        io.write_normal_map(root / "normal_world_space_GT" / f"{view:03d}{suffix}", normals)
-        cam = np.where(mask[..., None], cameras.world_normals_to_camera(normals, c2w), 0.0)
-        io.write_normal_map(root / "normal_camera_space_GT" / f"{view:03d}{suffix}", cam)
-        io.write_mask(root / "mask" / f"{view:03d}.png", mask)
-        np.save(root / "integration/perspective" / f"{view:03d}.npy", depth.astype(np.float32))
-        npz[f"world_mat_{view}"] = cameras.compose_world_mat(K, c2w)
-        npz[f"scale_mat_{view}"] = scale_mat
-    np.savez(root / "cameras_sphere.npz", **npz)
-    return root
-
 
 @pytest.fixture(scope="module")
 def sphere_data(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -405,8 +405,7 @@ def trained_run(sphere_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     """A completed two-iteration pmni-fast run on the sphere (its config.yml)."""
     from pmni_method import runner
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_stability import tiny_config
+    from helpers import tiny_config
 
     return runner.train(tiny_config(sphere_dir, tmp_path_factory.mktemp("run"), iterations=2)).config_path
 

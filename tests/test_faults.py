@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import subprocess
 import sys
 import textwrap
 from contextlib import contextmanager
@@ -22,38 +21,14 @@ import pytest
 import torch
 import trimesh
 
+from helpers import error_lines, ns_train_args, run, tiny_config
 from pmni_method import runner
 from pmni_method.data import io
 from pmni_method.trainer import TMP_DIR_NAME, checkpoint_steps
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_stability import tiny_config  # noqa: E402
 
-BIN = Path(sys.executable).parent
 NORMALS = "normal_world_space_GT"
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-
-def ns_train_args(data: Path, output: Path, iterations: int = 4) -> List[str]:
-    exe = BIN / "ns-train"
-    if not exe.exists():
-        pytest.skip("ns-train not installed in this environment (run `make install`)")
-    return [
-        str(exe), "pmni-fast", "--data", str(data), "--output-dir", str(output),
-        "--max-num-iterations", str(iterations), "--vis", "tensorboard", "--viewer.quit-on-train-completion", "True",
-        "--machine.device-type", "cpu", "--pipeline.datamanager.train-num-rays-per-batch", "64",
-        "--logging.local-writer.enable", "False", "diligent-mv-data",
-    ]
-
-
-def run(args: List[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "400"}
-    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=timeout)
-
-
-def error_lines(out: subprocess.CompletedProcess) -> List[str]:
-    """The lines our code printed as errors (nerfstudio's own log lines before them are not ours to judge)."""
-    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("pmni")]
 
 
 @contextmanager

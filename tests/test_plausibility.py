@@ -8,7 +8,6 @@ with a flipped sign or axis, world-space maps read as camera space, a scale_mat 
 from __future__ import annotations
 
 import shutil
-import sys
 import warnings
 from pathlib import Path
 from typing import Callable, List
@@ -16,14 +15,13 @@ from typing import Callable, List
 import numpy as np
 import pytest
 
+from helpers import error_lines, ns_train_args, render_sphere, run
 from pmni_method import cameras
 from pmni_method.data import io, plausibility
 from pmni_method.data.diligent_mv import load_diligent_mv
 from pmni_method.errors import PMNIDataError, PMNIDataWarning
 from pmni_method.poses.starts import PoseInitConfig
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_dataparser import render_sphere  # noqa: E402
 
 WORLD = "normal_world_space_GT"
 CAMERA = "normal_camera_space_GT"
@@ -330,8 +328,6 @@ def test_dataparser_flag_overrides(bunny_dir: Path, tmp_path: Path, monkeypatch,
 
 
 def test_ns_train_refuses_flipped_normals_then_trains_with_the_override(bunny_dir: Path, tmp_path: Path) -> None:
-    from test_faults import error_lines, ns_train_args, run
-
     folder = copy_dataset(bunny_dir, tmp_path)
     paths = edit_normals(folder, WORLD, lambda n: -n)
     out = run(ns_train_args(folder, tmp_path / "out", iterations=2))

@@ -22,11 +22,11 @@ import pytest
 import torch
 import yaml
 
+from helpers import tiny_config
 from pmni_method import runlock, runner
 from pmni_method.errors import EXIT_DIVERGED
 from pmni_method.trainer import RUN_INFO_KEY, TMP_DIR_NAME, checkpoint_steps
 
-from test_stability import tiny_config
 
 BIN = Path(sys.executable).parent
 ITERATIONS = 60

@@ -15,32 +15,13 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import tiny_config
 from pmni_method import runner
 from pmni_method.errors import EXIT_DIVERGED
 from pmni_method.stability import NonFiniteGuard
 from pmni_method.trainer import checkpoint_steps
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pmni_method"
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# helpers shared with test_faults.py / test_resume_kill.py / test_viewer.py
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def tiny_config(data: Path, output: Path, iterations: int = 6, rays: int = 64, **datamanager_overrides):
-    """pmni-fast on CPU with a tiny batch, tensorboard logging every step, eval and saves out of the way."""
-    config = runner.scripted_config(
-        "pmni-fast", data, output, max_num_iterations=iterations, experiment_name="e", **datamanager_overrides
-    )
-    config.machine.device_type = "cpu"
-    config.pipeline.datamanager.train_num_rays_per_batch = rays
-    config.pipeline.datamanager.eval_num_rays_per_batch = rays
-    config.logging.steps_per_log = 1
-    config.steps_per_save = 10**6
-    config.steps_per_eval_batch = 10**6
-    config.steps_per_eval_image = 10**6
-    return config
 
 
 def seed_everything(seed: int = 0) -> None:

@@ -31,11 +31,10 @@ import psutil
 import pytest
 import yaml
 
+from helpers import tiny_config
 from pmni_method import runner
 from pmni_method.errors import EXIT_BAD_INPUT
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_stability import tiny_config  # noqa: E402
 
 BIN = Path(sys.executable).parent
 ARTEFACTS = Path(__file__).resolve().parents[1] / "test-output"
