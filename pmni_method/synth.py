@@ -13,30 +13,22 @@ Layout written into the output folder (N views; file stems are 3-digit zero-base
     mesh_Gt.ply                         the mesh in world units
     synth.json                          every option, the seed, the mesh source and derived quantities
 
-Normal maps, masks and depth are always rendered with the true cameras. The output appears atomically: everything
-is written into a hidden sibling folder (``.NAME.partial-PID``) that is renamed at the end, so a failed, interrupted
-(Ctrl-C) or terminated (SIGTERM) run leaves nothing behind. A run killed outright (SIGKILL, power loss) cannot clean
-up; the next run for the same output removes such folders once their process is gone.
+Normal maps, masks and depth are always rendered with the true cameras. The output appears whole or not at all
+(written into ``.NAME.partial-PID``, then renamed; see :mod:`pmni_method.staging`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import os
-import re
 import shutil
-import signal
-import threading
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Literal, Optional, Tuple
+from typing import Callable, Dict, Literal, Optional, Tuple
 
 import numpy as np
-import psutil
 import trimesh
 
 from pmni_method import cameras
@@ -51,8 +43,11 @@ from pmni_method.data.layout import (
     WORLD_NORMAL_DIR,
 )
 from pmni_method.errors import PMNIDataError
+from pmni_method.npz import write_npz
 from pmni_method.poses.starts import POSE_NOISE_DEFINITION, perturb_poses
 from pmni_method.raycast import cast_first_hits, make_intersector
+from pmni_method.staging import Interrupts, commit, remove_stale_staging, staging_folder
+from pmni_method.synth_noise import NORMAL_NOISE_DEFINITION, depth_scale_factors, perturb_normals
 
 UpAxis = Literal["x", "y", "z", "-x", "-y", "-z"]
 
@@ -61,13 +56,6 @@ DILIGENT_FOCAL = 3772.0
 
 INFO_FILE = "synth.json"
 """Every option, the seed, the mesh source and derived quantities of a generated dataset (only pmni-synth writes it)."""
-
-NORMAL_NOISE_DEFINITION = (
-    "each normal n is tilted by theta = |N(0, normal_noise_deg)| degrees toward the tangent direction "
-    "cos(phi) e1 + sin(phi) e2, phi ~ U(0, 2 pi), where (e1, e2) is an orthonormal basis of the plane "
-    "perpendicular to n; i.e. a rotation by theta about a uniformly random axis perpendicular to n. A tilt that "
-    "would turn the normal away from the camera goes toward -(cos(phi) e1 + sin(phi) e2) instead"
-)
 
 # Smooth normals at silhouettes can lean slightly away from the viewer although the hit face faces it; they are
 # pushed back to at least this cosine with the view direction (the true surface normal there is perpendicular).
@@ -284,42 +272,6 @@ def render_view(
     return ViewRender(mask, normals, depth)
 
 
-def perturb_normals(
-    normals: np.ndarray, sigma_deg: float, rng: np.random.Generator, view_dirs: Optional[np.ndarray] = None
-) -> np.ndarray:
-    """Angular noise on (M, 3) unit normals; see :data:`NORMAL_NOISE_DEFINITION`.
-
-    With ``view_dirs`` (M, 3), a tilt that would turn a normal away from the viewer goes the opposite tangent
-    way instead (measured normals never face away from the camera); the random draws are the same either way.
-    """
-    theta = np.deg2rad(np.abs(rng.normal(0.0, 1.0, size=len(normals)) * sigma_deg))
-    phi = rng.uniform(0.0, 2.0 * np.pi, size=len(normals))
-    helper = np.where(np.abs(normals[:, :1]) < 0.9, [[1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]])
-    e1 = np.cross(normals, helper)
-    e1 /= np.linalg.norm(e1, axis=1, keepdims=True)
-    e2 = np.cross(normals, e1)
-    tangent = np.cos(phi)[:, None] * e1 + np.sin(phi)[:, None] * e2
-    out = np.cos(theta)[:, None] * normals + np.sin(theta)[:, None] * tangent
-    if view_dirs is not None:
-        away = np.einsum("ij,ij->i", out, view_dirs) >= 0
-        out[away] = np.cos(theta[away])[:, None] * normals[away] - np.sin(theta[away])[:, None] * tangent[away]
-    return out / np.linalg.norm(out, axis=1, keepdims=True)
-
-
-def depth_scale_factors(num_views: int, spread: float, rng: np.random.Generator) -> np.ndarray:
-    """Per-view depth factors exp(U(-spread, spread))."""
-    return np.exp(rng.uniform(-spread, spread, size=num_views))
-
-
-def save_npz(path: Path, arrays: Dict[str, np.ndarray]) -> None:
-    """Like ``np.savez`` but byte-reproducible: numpy stamps each zip member with the current time."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
-        for name, array in arrays.items():
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            with archive.open(info, "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.asarray(array), allow_pickle=False)
-
-
 def camera_arrays(K: np.ndarray, c2w: np.ndarray, scale_mat: np.ndarray) -> Dict[str, np.ndarray]:
     """The ``cameras_sphere.npz`` dictionary: world_mat_<i> and scale_mat_<i> for every view."""
     arrays: Dict[str, np.ndarray] = {}
@@ -368,134 +320,6 @@ def _info(config: SynthConfig, mesh: trimesh.Trimesh, rig: Rig, factors: np.ndar
     }
 
 
-class Terminated(BaseException):
-    """SIGTERM arrived while rendering. Raised like KeyboardInterrupt (not an Exception) so that cleanup runs."""
-
-
-STAGING_KINDS = ("partial", "old")
-"""Hidden siblings of an output: ``.NAME.partial-PID`` (a dataset being written) and ``.NAME.old-PID`` (the dataset
-it replaces, between the two renames of :func:`_commit` and while it is deleted)."""
-
-# A PID's process may have been started after the folder was last changed only if the PID was reused; the slack
-# covers psutil's start times (boot time in whole seconds) and coarse file-system timestamps.
-_START_TIME_SLACK_S = 2.0
-
-
-def _staging_folder(output: Path, kind: str, pid: int) -> Path:
-    return output.with_name(f".{output.name}.{kind}-{pid}")
-
-
-def _process_may_own(pid: int, folder: Path) -> bool:
-    """Whether process ``pid`` may still be writing ``folder``: it is alive and was started before the folder changed.
-
-    A dead process (or a zombie) cannot; neither can a live one started after the folder's last change, which only
-    means the PID was reused. When in doubt (no permission to inspect the process), the folder is presumed in use.
-    """
-    try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return False
-        started = process.create_time()
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True
-    try:
-        changed = folder.lstat().st_mtime
-    except OSError:
-        return True
-    return started <= changed + _START_TIME_SLACK_S
-
-
-def remove_stale_staging(output: Path, note: Optional[Callable[[str], None]] = None) -> List[Path]:
-    """Remove the staging folders that killed runs left beside ``output``; return what was removed.
-
-    Only folders named like this module's (``.NAME.partial-PID``, ``.NAME.old-PID``) whose process is gone are
-    touched; a live run's stay. A dead run's ``.old`` folder is the complete previous dataset: if ``output`` is
-    missing (killed between the two renames of the commit), it is put back instead of removed.
-    """
-    pattern = re.compile(rf"^\.{re.escape(output.name)}\.({'|'.join(STAGING_KINDS)})-(\d+)$")
-    try:
-        entries = sorted(output.parent.iterdir())
-    except OSError:  # no parent yet (nothing to clean), or not listable (then nothing can be written there either)
-        return []
-    removed: List[Path] = []
-    for entry in entries:
-        match = pattern.match(entry.name)
-        if match is None or entry.is_symlink() or not entry.is_dir():
-            continue
-        pid = int(match.group(2))
-        if pid == os.getpid() or _process_may_own(pid, entry):
-            continue
-        if match.group(1) == "old" and not os.path.lexists(output):
-            os.replace(entry, output)
-            if note is not None:
-                note(f"restored {output} from {entry.name}, left by a run (PID {pid}) killed while replacing it")
-            continue
-        shutil.rmtree(entry, ignore_errors=True)
-        removed.append(entry)
-        if note is not None:
-            note(f"removed {entry}, left by a killed run (PID {pid})")
-    return removed
-
-
-class _Interrupts:
-    """SIGINT and SIGTERM as exceptions (KeyboardInterrupt, :class:`Terminated`) while a dataset is written.
-
-    SIGTERM's default action ends the process at once, without running ``except`` or ``finally`` blocks.
-    Handlers are only installed from the main thread and only over the default ones (an application's own
-    handlers are left alone). :meth:`deferred` holds signals back over a step that must not be cut in two.
-    """
-
-    def __init__(self) -> None:
-        self._previous: Dict[int, Any] = {}
-        self._defer = False
-        self._pending: Optional[BaseException] = None
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        error: BaseException = KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
-        if self._defer:
-            self._pending = self._pending or error
-            return
-        raise error
-
-    def __enter__(self) -> "_Interrupts":
-        if threading.current_thread() is threading.main_thread():
-            for signum, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
-                if signal.getsignal(signum) is default:
-                    self._previous[signum] = signal.signal(signum, self._handler)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-    @contextlib.contextmanager
-    def deferred(self, reraise: bool = True) -> Iterator[None]:
-        """Hold signals back inside the block; afterwards raise the first one that came (unless ``reraise`` is off)."""
-        self._defer = True
-        try:
-            yield
-        finally:
-            self._defer = False
-        pending, self._pending = self._pending, None
-        if pending is not None and reraise:
-            raise pending
-
-
-def _commit(staging: Path, output: Path) -> None:
-    """Move the finished dataset into place, replacing an old one only once the new one is complete."""
-    if output.is_dir() and any(output.iterdir()):
-        trash = _staging_folder(output, "old", os.getpid())
-        os.replace(output, trash)
-        os.replace(staging, output)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        if output.is_dir():
-            output.rmdir()
-        os.replace(staging, output)
-
-
 def render_dataset(
     config: SynthConfig,
     progress: Optional[Callable[[int], None]] = None,
@@ -504,9 +328,9 @@ def render_dataset(
     """Render the dataset described by ``config`` and return its folder.
 
     ``progress`` is called with each view index once that view is written; ``note`` with a line for anything
-    done besides (stale staging folders of killed runs removed, see :func:`remove_stale_staging`). Bad input
+    done besides (stale staging folders of killed runs removed, see :func:`pmni_method.staging.remove_stale_staging`). Bad input
     raises a one-line :class:`PMNIDataError` before anything is written. Ctrl-C (KeyboardInterrupt) and SIGTERM
-    (:class:`Terminated`) remove the staging folder before they propagate.
+    (:class:`pmni_method.staging.Terminated`) remove the staging folder before they propagate.
     """
     validate_config(config)
     output = Path(config.output)
@@ -521,17 +345,17 @@ def render_dataset(
     factors = depth_scale_factors(config.num_views, config.depth_scale_noise, depth_rng)
     perturbed = config.pose_rotation_noise_deg > 0 or config.pose_translation_noise > 0
 
-    staging = _staging_folder(output, "partial", os.getpid())
-    with _Interrupts() as interrupts:
+    staging = staging_folder(output, "partial", os.getpid())
+    with Interrupts() as interrupts:
         try:
             output.parent.mkdir(parents=True, exist_ok=True)
             if staging.exists():
                 shutil.rmtree(staging)
             for sub in (WORLD_NORMAL_DIR, CAMERA_NORMAL_DIR, MASK_DIR, DEPTH_DIR):
                 (staging / sub).mkdir(parents=True)
-            save_npz(staging / CAMERAS_FILE, camera_arrays(rig.K, stored_c2w, rig.scale_mat))
+            write_npz(staging / CAMERAS_FILE, camera_arrays(rig.K, stored_c2w, rig.scale_mat))
             if perturbed:
-                save_npz(staging / GT_CAMERAS_FILE, camera_arrays(rig.K, rig.c2w, rig.scale_mat))
+                write_npz(staging / GT_CAMERAS_FILE, camera_arrays(rig.K, rig.c2w, rig.scale_mat))
             mesh.export(staging / GT_MESH_FILE)
             intersector = make_intersector(mesh)
             for i, c2w in enumerate(rig.c2w):
@@ -542,7 +366,7 @@ def render_dataset(
             (staging / INFO_FILE).write_text(json.dumps(_info(config, mesh, rig, factors), indent=2) + "\n")
             # A signal between the two renames of a replacement would leave no dataset at the output path.
             with interrupts.deferred():
-                _commit(staging, output)
+                commit(staging, output)
         except OSError as e:
             with interrupts.deferred(reraise=False):
                 shutil.rmtree(staging, ignore_errors=True)

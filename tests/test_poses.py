@@ -13,6 +13,7 @@ from helpers import alignment_to_world
 from pmni_method import cameras, synth
 from pmni_method.data.diligent_mv import load_diligent_mv
 from pmni_method.errors import PMNIDataError
+from pmni_method.npz import write_npz
 from pmni_method.poses import starts
 from pmni_method.poses.files import load_poses_file
 from pmni_method.poses.maths import align_cameras, pose_errors, rotation_errors_deg
@@ -145,7 +146,7 @@ def test_load_poses_file_formats(tmp_path: Path, fmt: str) -> None:
         arrays = {f"world_mat_{v}": cameras.compose_world_mat(K, c) for v, c in zip(ids, world)}
         if fmt == "npz-scale":
             arrays.update({f"scale_mat_{v}": norm.scale_mat for v in ids})
-        synth.save_npz(path, arrays)
+        write_npz(path, arrays)
     elif fmt.startswith("npy"):
         path = tmp_path / "cams.npy"
         np.save(path, world if fmt == "npy44" else world[:, :3])
@@ -188,7 +189,7 @@ def test_load_poses_file_bad(tmp_path: Path, name: str, content, problem: str) -
     elif isinstance(content, bytes):
         path.write_bytes(content)
     elif isinstance(content, dict):
-        synth.save_npz(path, content)
+        write_npz(path, content)
     elif content is not None:
         np.save(path, content)
     with pytest.raises(PMNIDataError) as info:

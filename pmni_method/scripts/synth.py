@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pmni_method.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED, PMNIDataError, print_error
-from pmni_method.synth import INFO_FILE, SynthConfig, Terminated, render_dataset
+from pmni_method.staging import Terminated
+from pmni_method.synth import INFO_FILE, SynthConfig, render_dataset
 
 DESCRIPTION = "Render a DiLiGenT-MV-layout normal dataset (normals, masks, depth, cameras) with exact ground truth from a mesh."
 
