@@ -8,7 +8,7 @@ never a traceback, and exits with one of the codes below. Nothing here imports n
 from __future__ import annotations
 
 import signal
-from typing import Dict, NoReturn
+from typing import Dict, Iterable, NoReturn
 
 EXIT_OK = 0
 """Done; also a ``--resume`` of a run that had already finished (nothing to do)."""
@@ -38,6 +38,13 @@ class EvaluationInputError(PMNIDataError):
 
 class PMNIDataWarning(UserWarning):
     """Borderline input data that loads but may train badly. The message is one line, like :class:`PMNIDataError`."""
+
+
+def format_views(views: Iterable[int], limit: int = 10) -> str:
+    """View ids for a one-line message: ``1, 2, 5``; past ``limit`` of them the first ``limit``, then ``... (N in all)``."""
+    views = sorted(views)
+    text = ", ".join(str(v) for v in views[:limit])
+    return text + (f", ... ({len(views)} in all)" if len(views) > limit else "")
 
 
 def print_error(message: str, prog: str = "pmni", stderr: bool = False) -> None:

@@ -30,9 +30,10 @@ import scipy.ndimage
 
 from pmni_method import cameras
 from pmni_method.data import io, plausibility
+from pmni_method.data.camera_file import check_camera_views, read_cameras
 from pmni_method.data.layout import CAMERAS_FILE, DEPTH_DIR, GT_CAMERAS_FILE, GT_MESH_FILE, MASK_DIR, WORLD_NORMAL_DIR
 from pmni_method.data.types import MultiViewNormalData
-from pmni_method.errors import PMNIDataError
+from pmni_method.errors import PMNIDataError, format_views
 from pmni_method.npz import read_npz
 from pmni_method.poses.starts import PoseInitConfig, initial_poses
 
@@ -42,20 +43,11 @@ UNIT_TOLERANCE = 0.1
 """A normal is broken when ``| ||n|| - 1 |`` exceeds this (or it is not finite)."""
 MAX_BAD_NORMAL_FRACTION = 0.01
 """More broken normals than this fraction of a view's mask pixels rejects the view; fewer are repaired."""
-SCALE_MAT_RTOL = 1e-6
-"""Relative tolerance when checking that all views share one scale_mat."""
-
 _LAST_INT = re.compile(r"(\d+)(?!.*\d)")
 
 
 def _error(path: Path, problem: str) -> PMNIDataError:
     return PMNIDataError(f"{path}: {problem}")
-
-
-def _fmt_views(views: Iterable[int], limit: int = 10) -> str:
-    views = sorted(views)
-    text = ", ".join(str(v) for v in views[:limit])
-    return text + (f", ... ({len(views)} in all)" if len(views) > limit else "")
 
 
 def view_index(path: Path) -> Optional[int]:
@@ -95,61 +87,6 @@ def resolve_normal_space(normal_dir: str, normal_space: str) -> Literal["world",
     if normal_space not in ("world", "camera"):
         raise ValueError(f"normal_space must be 'auto', 'world' or 'camera', not {normal_space!r}")
     return normal_space  # type: ignore[return-value]
-
-
-def _read_cameras(
-    npz_path: Path, arrays: Dict[str, np.ndarray], view_ids: List[int], scale_mat: Optional[np.ndarray] = None
-) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Read ``world_mat_<i>``/``scale_mat_<i>`` for each view.
-
-    Returns ``(K, c2w_normalised, c2w_world, scale_mat)``. With ``scale_mat`` given, that one is used instead of
-    the file's, so that a second camera file (the true poses) lands in the same normalised frame.
-    """
-    missing = [i for i in view_ids if f"world_mat_{i}" not in arrays]
-    if missing:
-        raise _error(npz_path, f"missing key world_mat_{missing[0]} (no camera for views {_fmt_views(missing)})")
-    if scale_mat is None:
-        missing = [i for i in view_ids if f"scale_mat_{i}" not in arrays]
-        if missing:
-            raise _error(npz_path, f"missing key scale_mat_{missing[0]} (views {_fmt_views(missing)})")
-        scale_mat = _shared_scale_mat(npz_path, arrays, view_ids)
-
-    Ks, c2w_norm, c2w_world = [], [], []
-    for i in view_ids:
-        key = f"world_mat_{i}"
-        world_mat = _as_4x4(npz_path, key, arrays[key])
-        try:
-            K, c2w = cameras.decompose_projection(world_mat @ scale_mat)
-            _, c2w_w = cameras.decompose_projection(world_mat)
-        except cameras.CameraMatrixError as e:
-            raise _error(npz_path, f"{key}: {e}") from None
-        Ks.append(K)
-        c2w_norm.append(c2w)
-        c2w_world.append(c2w_w)
-    return np.stack(Ks), np.stack(c2w_norm), np.stack(c2w_world), scale_mat
-
-
-def _as_4x4(npz_path: Path, key: str, matrix: np.ndarray) -> np.ndarray:
-    matrix = np.asarray(matrix, dtype=np.float64)
-    if matrix.shape not in ((3, 4), (4, 4)):
-        raise _error(npz_path, f"{key} has shape {matrix.shape}; expected 3x4 or 4x4")
-    out = np.eye(4)
-    out[: matrix.shape[0]] = matrix
-    return out
-
-
-def _shared_scale_mat(npz_path: Path, arrays: Dict[str, np.ndarray], view_ids: List[int]) -> np.ndarray:
-    first = _as_4x4(npz_path, f"scale_mat_{view_ids[0]}", arrays[f"scale_mat_{view_ids[0]}"])
-    tol = SCALE_MAT_RTOL * max(np.abs(first).max(), 1.0)
-    for i in view_ids[1:]:
-        other = _as_4x4(npz_path, f"scale_mat_{i}", arrays[f"scale_mat_{i}"])
-        if not np.allclose(other, first, rtol=0.0, atol=tol):
-            # One normalised frame is needed for all views; per-view scale_mats would mean per-view frames.
-            raise _error(npz_path, f"scale_mat_{i} differs from scale_mat_{view_ids[0]}; all views must share one")
-    linear = first[:3, :3]
-    if not np.all(np.isfinite(first)) or abs(np.linalg.det(linear)) <= 1e-12 * max(np.abs(linear).max(), 1e-300) ** 3:
-        raise _error(npz_path, f"scale_mat_{view_ids[0]} is singular or not finite")
-    return first
 
 
 def _check_and_repair_normals(path: Path, normals: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -245,9 +182,9 @@ def load_diligent_mv(
     _check_same_views(data_dir, {normal_dir: normal_files, MASK_DIR: mask_files})
     view_ids = sorted(normal_files)
     camera_arrays = read_npz(camera_path)
-    _check_camera_views(camera_path, camera_arrays, view_ids)
+    check_camera_views(camera_path, camera_arrays, view_ids)
 
-    K, c2w, c2w_world, scale_mat = _read_cameras(camera_path, camera_arrays, view_ids)
+    K, c2w, c2w_world, scale_mat = read_cameras(camera_path, camera_arrays, view_ids)
     normalisation = cameras.Normalisation(scale_mat)
     gt_c2w = None
     # The plausibility checks judge the dataset's own poses, never a pose-init start: the true ones when
@@ -257,7 +194,7 @@ def load_diligent_mv(
     check_c2w_world: Optional[np.ndarray] = c2w_world
     if (data_dir / GT_CAMERAS_FILE).is_file():
         gt_path = data_dir / GT_CAMERAS_FILE
-        _, gt_c2w, check_c2w_world, _ = _read_cameras(gt_path, read_npz(gt_path), view_ids, scale_mat=scale_mat)
+        _, gt_c2w, check_c2w_world, _ = read_cameras(gt_path, read_npz(gt_path), view_ids, scale_mat=scale_mat)
         check_c2w = gt_c2w
     pose_init = pose_init if pose_init is not None else PoseInitConfig()
     if gt_c2w is None and pose_init.pose_init in ("ring", "file"):
@@ -342,34 +279,20 @@ def _check_same_views(data_dir: Path, sources: Dict[str, Dict[int, Path]]) -> No
         if other != reference:
             parts = []
             if reference - other:
-                parts.append(f"{name}/ lacks views {_fmt_views(reference - other)} that {names[0]}/ has")
+                parts.append(f"{name}/ lacks views {format_views(reference - other)} that {names[0]}/ has")
             if other - reference:
-                parts.append(f"{names[0]}/ lacks views {_fmt_views(other - reference)} that {name}/ has")
+                parts.append(f"{names[0]}/ lacks views {format_views(other - reference)} that {name}/ has")
             raise _error(
                 data_dir,
                 f"{len(reference)} normal maps but {len(other)} files in {name}/: " + "; ".join(parts),
             )
 
 
-def _check_camera_views(camera_path: Path, arrays: Dict[str, np.ndarray], view_ids: List[int]) -> None:
-    camera_views = {int(k[len("world_mat_"):]) for k in arrays if re.fullmatch(r"world_mat_\d+", k)}
-    missing, extra = set(view_ids) - camera_views, camera_views - set(view_ids)
-    if missing:
-        raise _error(camera_path, f"missing key world_mat_{min(missing)} (no camera for views {_fmt_views(missing)})")
-    if extra:
-        # Extra cameras usually mean a normal map went missing; silently training on fewer views would hide it.
-        raise _error(
-            camera_path,
-            f"{len(camera_views)} cameras but {len(view_ids)} normal maps and masks: no images for views "
-            f"{_fmt_views(extra)}",
-        )
-
-
 def _read_depths(depth_dir: Path, view_ids: List[int], shape: Tuple[int, int]) -> np.ndarray:
     files = index_folder(depth_dir, (".npy",))
     missing = set(view_ids) - set(files)
     if missing:
-        raise _error(depth_dir, f"no depth map for views {_fmt_views(missing)}")
+        raise _error(depth_dir, f"no depth map for views {format_views(missing)}")
     depths = []
     for view in view_ids:
         depth = io.read_depth(files[view])
@@ -401,7 +324,7 @@ def _downscale(
     normals, masks, depths = downscale_views(normals, masks, depths, factor)
     empty = [v for v, m in zip(view_ids, masks) if not m.any()]
     if empty:
-        raise _error(data_dir, f"downscale factor {factor} leaves empty masks in views {_fmt_views(empty)}")
+        raise _error(data_dir, f"downscale factor {factor} leaves empty masks in views {format_views(empty)}")
     return normals, masks, depths, cameras.downscale_intrinsics(K, factor)
 
 
@@ -412,7 +335,7 @@ def split_indices(view_ids: Sequence[int], exclude_views: Iterable[int], split: 
     unknown = excluded - set(view_ids)
     if unknown:
         raise PMNIDataError(
-            f"exclude_views: views {_fmt_views(unknown)} are not in the dataset (views {_fmt_views(view_ids)})"
+            f"exclude_views: views {format_views(unknown)} are not in the dataset (views {format_views(view_ids)})"
         )
     if split == "train":
         indices = [i for i, v in enumerate(view_ids) if v not in excluded]
