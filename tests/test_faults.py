@@ -23,8 +23,8 @@ import trimesh
 
 from helpers import error_lines, ns_train_args, run, tiny_config
 from pmni_method import runner
+from pmni_method.checkpoints import TMP_DIR_NAME, checkpoint_steps
 from pmni_method.data import io
-from pmni_method.trainer import TMP_DIR_NAME, checkpoint_steps
 
 
 NORMALS = "normal_world_space_GT"

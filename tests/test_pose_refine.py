@@ -397,7 +397,6 @@ def test_poses_survive_checkpoints_and_reach_viewer_export_and_eval(sphere_dir: 
     from nerfstudio.utils.eval_utils import eval_setup
 
     from pmni_method import runner
-    from pmni_method.cameras import Normalisation
     from pmni_method.scripts import eval as eval_cli
     from pmni_method.scripts import export as export_cli
 

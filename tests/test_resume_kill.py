@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from pmni_method import runner
-from pmni_method.trainer import TMP_DIR_NAME, checkpoint_steps
+from pmni_method.checkpoints import TMP_DIR_NAME, checkpoint_steps
 
 BIN = Path(sys.executable).parent
 ITERATIONS = 120

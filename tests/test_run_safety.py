@@ -24,8 +24,8 @@ import yaml
 
 from helpers import tiny_config
 from pmni_method import runlock, runner
+from pmni_method.checkpoints import RUN_INFO_KEY, TMP_DIR_NAME, checkpoint_steps
 from pmni_method.errors import EXIT_DIVERGED
-from pmni_method.trainer import RUN_INFO_KEY, TMP_DIR_NAME, checkpoint_steps
 
 
 BIN = Path(sys.executable).parent

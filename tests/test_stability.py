@@ -17,9 +17,9 @@ import torch
 
 from helpers import tiny_config
 from pmni_method import runner
+from pmni_method.checkpoints import checkpoint_steps
 from pmni_method.errors import EXIT_DIVERGED
 from pmni_method.stability import NonFiniteGuard
-from pmni_method.trainer import checkpoint_steps
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pmni_method"
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pmni_method import runner
-from pmni_method.trainer import checkpoint_steps
+from pmni_method.checkpoints import checkpoint_steps
 
 BIN = Path(sys.executable).parent
 
