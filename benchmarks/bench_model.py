@@ -288,7 +288,7 @@ def sphere_dataset(num_views: int = 12, size: int = 64, radius: float = 0.6) -> 
         depths[v].reshape(-1)[hit] = z[hit] * (1.0 + 0.2 * v)  # per-view unknown scale
     return MultiViewNormalData(
         data_dir=Path("."), view_ids=list(range(num_views)), K=np.repeat(K[None], num_views, 0), c2w=c2w,
-        normals=normals, masks=masks, scale_mat=np.eye(4), depths=depths,
+        normals=normals, masks=masks, normalisation=cameras.Normalisation(np.eye(4)), depths=depths,
     )
 
 

@@ -112,7 +112,7 @@ def box_dataset(num_views: int = 8, size: int = 40) -> MultiViewNormalData:
         masks[v].reshape(-1)[hit] = True
     return MultiViewNormalData(
         data_dir=Path("."), view_ids=list(range(num_views)), K=np.repeat(K[None], num_views, 0), c2w=c2w,
-        normals=normals, masks=masks, scale_mat=np.eye(4), normal_space="camera",
+        normals=normals, masks=masks, normalisation=cameras.Normalisation(np.eye(4)), normal_space="camera",
     )
 
 

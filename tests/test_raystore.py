@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pmni_method.cameras import pixel_rays, ring_poses
+from pmni_method.cameras import Normalisation, pixel_rays, ring_poses
 from pmni_method.data.raystore import RayStore, nerfstudio_camera_to_worlds
 from pmni_method.data.types import MultiViewNormalData
 
@@ -24,7 +24,7 @@ def _toy_data(num_views: int = 3, height: int = 12, width: int = 16) -> MultiVie
         c2w=ring_poses(num_views, 3.0, 15.0),
         normals=normals,
         masks=masks,
-        scale_mat=np.eye(4),
+        normalisation=Normalisation(np.eye(4)),
         depths=rng.random((num_views, height, width)).astype(np.float32),
     )
 
