@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import sys
 import warnings
 from dataclasses import dataclass
@@ -32,7 +35,7 @@ class DemoConfig:
     mesh: Optional[Path] = None
     """Mesh to render the sample from; default: the Stanford bunny from ../shared/data/meshes, else a built-in torus."""
     output: Path = Path("demo-output")
-    """Folder for the dataset, the training run, the mesh and metrics.json."""
+    """Folder for the datasets (data/) and the training runs (runs/); each run's folder gets its mesh.ply and metrics.json."""
     method: str = "pmni-fast"
     """Preset to train (pmni-fast is the CPU-friendly one)."""
     num_views: int = 20
@@ -62,19 +65,31 @@ def _default_mesh(output: Path) -> Tuple[Path, float]:
     return path, 1.0
 
 
+def _options_digest(synth: "SynthConfig") -> str:
+    """Short hash of every render option but the output folder: same options, same dataset folder."""
+    options = {k: str(v) for k, v in dataclasses.asdict(synth).items() if k not in ("output", "overwrite")}
+    return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
+
+
 def run(config: DemoConfig) -> dict:
     from pmni_method import runner
-    from pmni_method.evaluation import evaluate, print_metrics
+    from pmni_method.evaluation import evaluate
+    from pmni_method.report import print_metrics
     from pmni_method.export import write_mesh_atomic
-    from pmni_method.synth import SynthConfig, render_dataset
+    from pmni_method.synth import INFO_FILE, SynthConfig, render_dataset
 
     output = config.output.resolve()
     mesh, world_scale = (config.mesh, 1.0) if config.mesh is not None else _default_mesh(output)
-    data_dir = output / "data"
-    CONSOLE.print(f"[bold]1/4[/] rendering {config.num_views} views of {mesh.name} into {data_dir}")
-    render_dataset(
-        SynthConfig(mesh=mesh, output=data_dir, num_views=config.num_views, world_scale=world_scale, overwrite=True)
-    )
+    synth = SynthConfig(mesh=mesh, output=output / "data", num_views=config.num_views, world_scale=world_scale)
+    # One folder per set of render options, never re-rendered in place: earlier demo runs keep the data they were
+    # trained and scored on. pmni-synth publishes a dataset only once complete, so an existing one is whole.
+    synth.output = output / "data" / f"{mesh.stem}-{_options_digest(synth)}"
+    data_dir = synth.output
+    if (data_dir / INFO_FILE).is_file():
+        CONSOLE.print(f"[bold]1/4[/] reusing the {config.num_views}-view rendering of {mesh.name} in {data_dir}")
+    else:
+        CONSOLE.print(f"[bold]1/4[/] rendering {config.num_views} views of {mesh.name} into {data_dir}")
+        render_dataset(synth)
 
     train_config = runner.scripted_config(
         config.method,
@@ -93,7 +108,9 @@ def run(config: DemoConfig) -> dict:
         run_ = runner.train(train_config, on_step=lambda step: progress.update(task, completed=step + 1))
 
     CONSOLE.print(f"[bold]3/4[/] exporting the surface (marching cubes at {config.resolution}^3)")
-    mesh_path = output / "mesh.ply"
+    # Results go into the run's own folder, which no later run reuses: a second demo never overwrites the first's.
+    run_dir = run_.config_path.parent
+    mesh_path = run_dir / "mesh.ply"
     with Progress(TextColumn("marching cubes"), BarColumn(), MofNCompleteColumn(), console=CONSOLE) as progress:
         task = progress.add_task("mc", total=None)
         surface = runner.pipeline_mesh(
@@ -114,12 +131,12 @@ def run(config: DemoConfig) -> dict:
     metrics["train_seconds"] = run_.train_seconds
     metrics["train_iterations"] = steps
     metrics["run_config"] = str(run_.config_path)
-    write_json_atomic(metrics, output / "metrics.json")
+    write_json_atomic(metrics, run_dir / "metrics.json")
     print_metrics(metrics, console=CONSOLE)
     CONSOLE.print(f"mesh:     {mesh_path}")
-    CONSOLE.print(f"metrics:  {output / 'metrics.json'}")
+    CONSOLE.print(f"metrics:  {run_dir / 'metrics.json'}")
     CONSOLE.print(f"run:      {run_.config_path}")
-    CONSOLE.print(f"view it:  ns-viewer --load-config {run_.config_path}")
+    CONSOLE.print(f"view it:  pmni-viewer --load-config {run_.config_path}")
     return metrics
 
 
