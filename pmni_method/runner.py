@@ -6,7 +6,7 @@ import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, List, Optional
 
 import torch
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
@@ -108,39 +108,22 @@ def train(
 
 def pipeline_mesh(pipeline: Any, resolution: int = 256, progress: Optional[Callable[[int, int], None]] = None):
     """Marching-cubes mesh of a pipeline's SDF in the object's world units (largest component kept)."""
-    from pmni_method.export import extract_mesh
+    from pmni_method.train_core import world_mesh
 
     model = pipeline.model
-    scale_mat = pipeline.datamanager.train_dataparser_outputs.metadata["scale_mat"]
     was_training = model.training
     model.eval()
     try:
-        mesh = extract_mesh(
+        mesh = world_mesh(
             lambda x: model.field.forward_geonetwork(x)[:, 0],
+            pipeline.datamanager.train_dataset.data.normalisation,
             resolution=resolution,
-            scale_mat=scale_mat,
             device=next(model.parameters()).device,
             progress=progress,
         )
     finally:
         model.train(was_training)
     return mesh
-
-
-def evaluate_pipeline(
-    pipeline: Any,
-    data_dir: Path,
-    mesh_path: Path,
-    resolution: int = 256,
-    threshold: float = 0.5,
-    heldout_views: Sequence[int] = (),
-) -> Dict[str, Any]:
-    """Export the current surface to ``mesh_path`` and score it with ``pmni-eval``'s metrics."""
-    from pmni_method.evaluation import evaluate
-    from pmni_method.export import write_mesh_atomic
-
-    write_mesh_atomic(pipeline_mesh(pipeline, resolution), mesh_path)
-    return evaluate(mesh_path, data_dir, threshold=threshold, heldout_views=heldout_views)
 
 
 def peak_rss_mib() -> float:

@@ -159,7 +159,7 @@ def test_auto_backend_is_torch_when_the_model_trains_on_cpu(monkeypatch: pytest.
     from nerfstudio.data.scene_box import SceneBox
 
     from pmni_method.fields import hash_encoding
-    from pmni_method.models.presets import model_config
+    from pmni_method.nerfstudio_adapter.presets import model_config
 
     monkeypatch.setattr(hash_encoding, "_tcnn_available", lambda: True)
     config = model_config("pmni-fast")

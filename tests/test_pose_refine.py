@@ -24,9 +24,10 @@ from pmni_method.models.consistency import (
     unoccluded,
 )
 from pmni_method.models.core import PMNICore
-from pmni_method.models.pose_refine import PoseRefinerConfig, recentre_on_masks
+from pmni_method.models.pose_model import PoseModel, PoseModelConfig, recentre_on_masks
 from pmni_method.models.presets import core_preset
 from pmni_method.models.schedule import LRScheduleConfig
+from pmni_method.models.step import StepContext, train_step
 from pmni_method.poses import perturb_poses, rotation_errors_deg
 
 # A rounded box with three different sides. Its faces are flat, so turning a camera about the object rotates the
@@ -145,9 +146,11 @@ def frozen_geometry_core() -> PMNICore:
 
 def test_right_delta_reproduces_the_left_applied_pose() -> None:
     c2w = cameras.ring_poses(5, 4.0, elevation_deg=10.0)
+    from pmni_method.nerfstudio_adapter.pose_adapter import PoseRefinerConfig
+
     refiner = PoseRefinerConfig(mode="SE3", frozen_camera=1).setup(num_cameras=5, device="cpu", c2w_init=c2w)
     with torch.no_grad():
-        refiner.xi.copy_(torch.randn(5, 6, generator=torch.Generator().manual_seed(0)) * 0.2)
+        refiner.poses.xi.copy_(torch.randn(5, 6, generator=torch.Generator().manual_seed(0)) * 0.2)
         delta = refiner(torch.arange(5)).double().numpy()
         refined = refiner.refined_c2w()
     # nerfstudio's viewer: c2w = c2w_orig @ [delta; 0 0 0 1], both in nerfstudio (OpenGL) axes.
@@ -172,9 +175,8 @@ def test_recovers_a_perturbation_and_keeps_the_frozen_camera_exact() -> None:
     data = with_initial_poses(truth, init)
     store = RayStore(data, fg_fraction=0.6, seed=0)
     core = frozen_geometry_core()
-    refiner = PoseRefinerConfig(mode="SE3", frozen_camera=0).setup(
-        num_cameras=data.num_views, device="cpu", c2w_init=data.c2w
-    )
+    refiner = PoseModel(PoseModelConfig(mode="SE3", frozen_camera=0), c2w_init=data.c2w)
+    context = StepContext(poses=refiner, targets_follow_poses=True)
     steps = 200
     optimizer = torch.optim.Adam([refiner.xi], lr=4e-3, eps=1e-8)
     # Warm-up, then decaying steps: Adam turns batch noise into a random walk of about the step size.
@@ -183,11 +185,7 @@ def test_recovers_a_perturbation_and_keeps_the_frozen_camera_exact() -> None:
     )
     before = rotation_errors_deg(init, truth.c2w)
     for _ in range(steps):
-        batch = store.sample(512)
-        origins, directions, R = refiner.correct_rays(batch["origins"], batch["directions"], batch["camera_indices"])
-        outputs = core.render(origins, directions, batch["directions_norm"])
-        batch["normal"] = torch.einsum("nij,nj->ni", R, batch["normal"])
-        loss = sum(core.losses(outputs, batch).values())
+        loss = sum(train_step(core, store.sample(512), context).losses.values())
         optimizer.zero_grad()
         loss.backward()
         assert torch.equal(refiner.xi.grad[0], torch.zeros(6))  # the frozen camera is outside the graph
@@ -205,7 +203,7 @@ def test_recovers_a_perturbation_and_keeps_the_frozen_camera_exact() -> None:
 
 def test_mean_gauge_moves_every_camera_and_ignores_a_common_correction() -> None:
     c2w = cameras.ring_poses(5, 4.0, elevation_deg=10.0)
-    refiner = PoseRefinerConfig(mode="SE3", gauge="mean").setup(num_cameras=5, device="cpu", c2w_init=c2w)
+    refiner = PoseModel(PoseModelConfig(mode="SE3", gauge="mean"), c2w_init=c2w)
     with torch.no_grad():
         refiner.xi.copy_(torch.randn(5, 6, generator=torch.Generator().manual_seed(0)) * 0.1)
     before = refiner.refined_c2w()
@@ -226,14 +224,14 @@ def test_mean_gauge_moves_every_camera_and_ignores_a_common_correction() -> None
 def test_setting_poses_under_each_gauge() -> None:
     c2w = cameras.ring_poses(4, 4.0, elevation_deg=10.0)
     targets = [torch.as_tensor(perturb_poses(np.eye(4)[None], 2.0, 0.0, seed=s)[0], dtype=torch.float32) for s in (1, 2)]
-    frozen = PoseRefinerConfig(mode="SE3").setup(num_cameras=4, device="cpu", c2w_init=c2w)
+    frozen = PoseModel(PoseModelConfig(mode="SE3"), c2w_init=c2w)
     frozen.set_left_transforms([0, 2], targets)
     # Camera 0 fixes the gauge and stays; camera 2 gets exactly what was asked; the others are untouched.
     assert torch.equal(frozen.left_transforms()[0], torch.eye(4))
     torch.testing.assert_close(frozen.left_transforms()[2], targets[1], atol=1e-6, rtol=0)
     assert torch.equal(frozen.left_transforms()[[1, 3]], torch.eye(4).expand(2, 4, 4))
 
-    mean = PoseRefinerConfig(mode="SE3", gauge="mean").setup(num_cameras=4, device="cpu", c2w_init=c2w)
+    mean = PoseModel(PoseModelConfig(mode="SE3", gauge="mean"), c2w_init=c2w)
     # Opposite turns of two cameras have zero mean, so they are representable exactly.
     up = targets[0]
     down = torch.linalg.inv(up)
@@ -242,7 +240,7 @@ def test_setting_poses_under_each_gauge() -> None:
     torch.testing.assert_close(mean.left_transforms()[3], down, atol=1e-6, rtol=0)
     torch.testing.assert_close(mean.left_transforms()[[0, 2]], torch.eye(4).expand(2, 4, 4), atol=1e-6, rtol=0)
     # One camera alone is not: the rig keeps its mean, so that camera takes 3/4 of the turn and the others -1/4.
-    single = PoseRefinerConfig(mode="SE3", gauge="mean").setup(num_cameras=4, device="cpu", c2w_init=c2w)
+    single = PoseModel(PoseModelConfig(mode="SE3", gauge="mean"), c2w_init=c2w)
     single.set_left_transforms([2], [up])
     angles = rotation_errors_deg(single.left_transforms().detach().double().numpy(), np.eye(3)[None].repeat(4, 0))
     full = float(rotation_errors_deg(up.double().numpy(), np.eye(3)))
@@ -252,15 +250,15 @@ def test_setting_poses_under_each_gauge() -> None:
 @pytest.mark.parametrize("gauge", ["frozen-camera", "mean"])
 def test_state_dict_loads_with_weights_only(gauge: str) -> None:
     c2w = cameras.ring_poses(4, 4.0)
-    config = PoseRefinerConfig(mode="SE3", gauge=gauge)
-    refiner = config.setup(num_cameras=4, device="cpu", c2w_init=c2w)
+    config = PoseModelConfig(mode="SE3", gauge=gauge)
+    refiner = PoseModel(config, c2w_init=c2w)
     with torch.no_grad():
         refiner.xi.copy_(torch.randn(4, 6) * 0.1)
     buffer = io.BytesIO()
     torch.save(refiner.state_dict(), buffer)
     buffer.seek(0)
     state = torch.load(buffer, weights_only=True)  # torch >= 2.6 default: no pickled LieTensor allowed
-    fresh = config.setup(num_cameras=4, device="cpu", c2w_init=c2w)
+    fresh = PoseModel(config, c2w_init=c2w)
     fresh.load_state_dict(state)
     np.testing.assert_array_equal(fresh.refined_c2w(), refiner.refined_c2w())
     assert type(fresh.xi).__module__.startswith("pypose")  # still the pypose parameter the optimiser steps
@@ -423,7 +421,7 @@ def test_poses_survive_checkpoints_and_reach_viewer_export_and_eval(sphere_dir: 
     data = trained.datamanager.train_dataset.data
     assert data.normal_space == "camera" and trained.model.targets_follow_poses
     assert not np.allclose(refined, data.c2w, atol=1e-4)  # the poses moved
-    refiner = trained.model.camera_optimizer
+    refiner = trained.model.camera_optimizer.poses
     # The frozen camera stays exactly where recentring put it.
     np.testing.assert_array_equal(refined[0], (refiner.start[0] @ refiner.c2w_init[0]).double().numpy())
 
@@ -520,7 +518,7 @@ def test_pmni_eval_poses_undo_a_similarity(bunny_dir: Path, tmp_path: Path, caps
 
 
 def test_pose_free_flag_set_turns_consistency_on_wherever_normals_train() -> None:
-    from pmni_method.models.presets import make_pose_free
+    from pmni_method.nerfstudio_adapter.presets import make_pose_free
     from pmni_method.pmni_config import trainer_config
 
     for name in ("pmni-fast", "pmni"):
@@ -553,10 +551,8 @@ def test_pose_polish_recovers_orbit_and_pointing_errors_against_a_fixed_surface(
     data = with_initial_poses(truth, init)
     core = frozen_geometry_core()
     core.eval()
-    refiner = PoseRefinerConfig(mode="SE3", frozen_camera=0).setup(
-        num_cameras=data.num_views, device="cpu", c2w_init=data.c2w
-    )
-    polisher = PosePolishConfig(at=(1.0,), pixels_per_view=600, iterations=8).setup(data=data, total_steps=10)
+    refiner = PoseModel(PoseModelConfig(mode="SE3", frozen_camera=0), c2w_init=data.c2w)
+    polisher = PosePolishConfig(at=(1.0,), pixels_per_view=600, iterations=8).setup(total_steps=10)
     assert polisher.due(9) and not polisher.due(8)
 
     def render(o: Tensor, d: Tensor, dn: Tensor) -> Tuple[Tensor, Tensor]:
@@ -564,7 +560,7 @@ def test_pose_polish_recovers_orbit_and_pointing_errors_against_a_fixed_surface(
         return out["normal"], out["accumulation"]
 
     before = rotation_errors_deg(init, truth.c2w)
-    stats = polisher.polish(refiner, render, seed=0)
+    stats = polisher.polish(refiner, render, RayStore(data), seed=0)
     after = rotation_errors_deg(refiner.refined_c2w(), truth.c2w)
     centre_error = np.linalg.norm(refiner.refined_c2w()[:, :3, 3] - truth.c2w[:, :3, 3], axis=-1) / 3.0
     assert stats["cameras"] == 3 and stats["residual_after"] < stats["residual_before"]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from pmni_method import runner
+
+sys.path.insert(0, str(Path(__file__).parent))
+from helpers import evaluate_pipeline  # noqa: E402
 
 
 def _reconstruct(data_dir: Path, out: Path, iterations: int, rays: int) -> dict:
@@ -16,7 +20,7 @@ def _reconstruct(data_dir: Path, out: Path, iterations: int, rays: int) -> dict:
     config.steps_per_save = 10**9  # no intermediate checkpoints: this test is about quality
     start = time.perf_counter()
     run = runner.train(config)
-    metrics = runner.evaluate_pipeline(run.trainer.pipeline, data_dir, out / "mesh.ply", resolution=128)
+    metrics = evaluate_pipeline(run.trainer.pipeline, data_dir, out / "mesh.ply", resolution=128)
     geo = metrics["geometry"]
     print(
         f"{data_dir.name}: {iterations} it in {time.perf_counter() - start:.0f} s, "

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from pmni_method.fields.sdf_field import SDFFieldConfig
 from pmni_method.models.core import PMNICore, PMNICoreConfig
-from pmni_method.models.rendering import accumulate, dense_reference_weights, neus_alpha, render_weights
+from pmni_method.models.rendering import accumulate, neus_alpha, render_weights
 from pmni_method.models.sampler import OccupancyGrid, OccupancySamplerConfig, alpha_band, sphere_near_far
 from pmni_method.models.schedule import LossScheduleConfig
+
+sys.path.insert(0, str(Path(__file__).parent))
+from helpers import dense_reference_weights  # noqa: E402
 
 
 def small_core(**overrides) -> PMNICore:

@@ -25,6 +25,9 @@ import torch
 from pmni_method import runner
 from pmni_method.trainer import TMP_DIR_NAME, checkpoint_steps
 
+sys.path.insert(0, str(Path(__file__).parent))
+from helpers import evaluate_pipeline  # noqa: E402
+
 BIN = Path(sys.executable).parent
 ITERATIONS = 120
 SAVE_EVERY = 20
@@ -63,7 +66,7 @@ def chamfer(config_yml: Path, data: Path, mesh: Path) -> float:
         return config
 
     _, pipeline, _, _ = eval_setup(config_yml, test_mode="inference", update_config_callback=cpu)
-    metrics = runner.evaluate_pipeline(pipeline, data, mesh, resolution=64)
+    metrics = evaluate_pipeline(pipeline, data, mesh, resolution=64)
     return float(metrics["geometry"]["chamfer"])
 
 

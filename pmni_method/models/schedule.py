@@ -11,7 +11,8 @@ iterations (of 30k)   normal  depth  mask  eikonal  mvc
 ====================  ======  =====  ====  =======  ===
 
 ``mvc`` is the multi-view normal consistency term (:mod:`pmni_method.models.consistency`), PMNI's third stage;
-the nerfstudio model adds it, since it needs every training view's normal map and the current poses.
+the training step (:mod:`pmni_method.models.step`) adds it, since it needs every training view's normal map and the
+current poses.
 
 Stage boundaries are stored as fractions of the run and scaled to the configured iteration count.
 
