@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Literal, Optional
 import torch
 from torch import Tensor, nn
 
+from pmni_method.backends import choose_backend
 from pmni_method.fields.sdf_field import SDFField, SDFFieldConfig
 from pmni_method.models import losses as L
 from pmni_method.models.rendering import Backend, accumulate, neus_alpha, neus_alpha_from_cos, render_weights
@@ -319,7 +320,10 @@ def core_config_for(
         # current surface: an object much larger than the initial sphere would never be reached from inside.
         radius = visual_hull_radius(data.K, data.c2w, data.masks)
         field_config = dataclasses.replace(field_config, sphere_init_radius=float(min(max(radius, 0.2), 0.95)))
-    if field_config.implementation == "auto" and device is not None and torch.device(device).type != "cuda":
+    if device is not None:
         # tcnn may be importable on a CUDA machine that trains on CPU: "auto" means tcnn only where it runs.
-        field_config = dataclasses.replace(field_config, implementation="torch")
+        from pmni_method.fields.hash_encoding import tcnn_available  # pylint: disable=import-outside-toplevel
+
+        chosen = choose_backend(field_config.implementation, "tcnn", torch.device(device).type == "cuda", tcnn_available())
+        field_config = dataclasses.replace(field_config, implementation=chosen)
     return dataclasses.replace(config, sdf_field=field_config)

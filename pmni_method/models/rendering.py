@@ -7,12 +7,14 @@ a cumulative sum of log-transmittance) and through nerfacc on CUDA.
 
 from __future__ import annotations
 
-from typing import Literal, Tuple
+from typing import Tuple
 
 import torch
 from torch import Tensor
 
-Backend = Literal["auto", "torch", "nerfacc"]
+from pmni_method import backends
+
+Backend = backends.Backend
 
 
 def neus_alpha(
@@ -57,11 +59,7 @@ def neus_alpha_from_cos(
 
 
 def _use_nerfacc(alpha: Tensor, backend: Backend) -> bool:
-    if backend == "torch":
-        return False
-    if backend == "nerfacc":
-        return True
-    return alpha.is_cuda
+    return backends.choose_backend(backend, "nerfacc", alpha.is_cuda) == "nerfacc"
 
 
 def segment_starts(ray_indices: Tensor, n_rays: int) -> Tuple[Tensor, Tensor]:

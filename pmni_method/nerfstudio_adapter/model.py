@@ -267,19 +267,32 @@ def _flat(value: Optional[Tensor], width: Optional[int] = None) -> Optional[Tens
 
 
 @dataclass
-class WarmupCosineSchedulerConfig(SchedulerConfig):
-    """Linear warm-up then cosine decay (NeuS); returns Python floats, so checkpoints load under torch>=2.6."""
+class WarmupCosineSchedulerConfig(LRScheduleConfig, SchedulerConfig):
+    """nerfstudio's scheduler config for the core's LR schedule (linear warm-up, cosine decay; Python floats, so
+    checkpoints load under torch>=2.6). The fields are :class:`LRScheduleConfig`'s."""
 
     _target: Type = field(default_factory=lambda: WarmupCosineScheduler)
     """Target class to instantiate."""
-    warmup_steps: int = 500
-    """Steps of linear warm-up."""
-    warmup_start_factor: float = 0.01
-    """Learning-rate multiplier at step 0."""
-    final_factor: float = 0.05
-    """Learning-rate multiplier at max_steps."""
-    max_steps: int = 30000
-    """Length of the run."""
+
+    @classmethod
+    def from_schedule(cls, schedule: LRScheduleConfig) -> "WarmupCosineSchedulerConfig":
+        return cls(**{f.name: getattr(schedule, f.name) for f in dataclasses.fields(LRScheduleConfig)})
+
+    @property
+    def max_steps(self) -> int:
+        """nerfstudio's name for the run length (``total_steps``)."""
+        return self.total_steps
+
+    @max_steps.setter
+    def max_steps(self, value: int) -> None:
+        self.total_steps = int(value)
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        # config.yml files written before the two schedule classes merged name the run length max_steps.
+        state = dict(state)
+        if "max_steps" in state:
+            state.setdefault("total_steps", state.pop("max_steps"))
+        self.__dict__.update(state)
 
 
 class WarmupCosineScheduler(Scheduler):
@@ -288,10 +301,4 @@ class WarmupCosineScheduler(Scheduler):
     config: WarmupCosineSchedulerConfig
 
     def get_scheduler(self, optimizer: Optimizer, lr_init: float) -> lr_scheduler.LRScheduler:
-        schedule = LRScheduleConfig(
-            warmup_steps=self.config.warmup_steps,
-            warmup_start_factor=self.config.warmup_start_factor,
-            final_factor=self.config.final_factor,
-            total_steps=self.config.max_steps,
-        )
-        return lr_scheduler.LambdaLR(optimizer, lr_lambda=schedule.factor)
+        return lr_scheduler.LambdaLR(optimizer, lr_lambda=self.config.factor)
