@@ -16,13 +16,20 @@ Use camera-space normal maps: world-space maps are tied to the true world frame,
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field, replace
 from typing import Dict, Optional, Tuple
 
 from pmni_method.fields.sdf_field import SDFFieldConfig
 from pmni_method.models.core import PMNICoreConfig
 from pmni_method.models.sampler import OccupancySamplerConfig
-from pmni_method.models.schedule import LossScheduleConfig, LossStage, LRScheduleConfig, pmni_diligent_stages
+from pmni_method.models.schedule import (
+    LossScheduleConfig,
+    LossStage,
+    LRScheduleConfig,
+    pmni_diligent_stages,
+    scale_to_run_length,
+)
 
 PRESET_NAMES = ("pmni", "pmni-fast")
 
@@ -169,15 +176,11 @@ def pose_free_stages(stages: Tuple[LossStage, ...], mvc_weight: float = 1.0) -> 
 
 
 def with_iterations(preset: CorePreset, iterations: int) -> CorePreset:
-    """The same preset rescaled to another run length (every schedule follows)."""
-    core = replace(preset.core, loss_schedule=replace(preset.core.loss_schedule, total_steps=iterations))
-    return replace(
-        preset,
-        core=core,
-        lr_schedule=replace(preset.lr_schedule, total_steps=iterations),
-        pose_lr_schedule=replace(preset.pose_lr_schedule, total_steps=iterations),
-        max_num_iterations=iterations,
-    )
+    """A copy of the preset rescaled to another run length (every schedule follows)."""
+    out = copy.deepcopy(preset)
+    out.max_num_iterations = int(iterations)
+    scale_to_run_length(iterations, out.core.loss_schedule, (out.lr_schedule, out.pose_lr_schedule))
+    return out
 
 
 __all__ = [

@@ -28,12 +28,7 @@ def optimizers(name: str) -> Dict[str, Dict[str, Any]]:
         sched = preset.pose_lr_schedule if group == "camera_opt" else preset.lr_schedule
         out[group] = {
             "optimizer": AdamOptimizerConfig(lr=opt.lr, eps=opt.eps),
-            "scheduler": WarmupCosineSchedulerConfig(
-                warmup_steps=sched.warmup_steps,
-                warmup_start_factor=sched.warmup_start_factor,
-                final_factor=sched.final_factor,
-                max_steps=sched.total_steps,
-            ),
+            "scheduler": WarmupCosineSchedulerConfig.from_schedule(sched),
         }
     return out
 
