@@ -164,7 +164,9 @@ def _atomic_bytes(path: Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def save_outputs(run: CoreRun, data: MultiViewNormalData, output: Path, step: int, summary: Dict[str, Any], mesh_resolution: int) -> Dict[str, Any]:
+def save_outputs(
+    run: CoreRun, data: MultiViewNormalData, output: Path, step: int, summary: Dict[str, Any], mesh_resolution: int
+) -> Dict[str, Any]:
     """Write ``checkpoint.pt``, ``mesh.ply`` and ``metrics.json`` into ``output``; returns the metrics."""
     from pmni_method.evaluation import EvaluationInputError, evaluate  # pylint: disable=import-outside-toplevel
     from pmni_method.export import write_mesh_atomic  # pylint: disable=import-outside-toplevel

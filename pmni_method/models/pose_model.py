@@ -20,7 +20,7 @@ exactly ``A_i``. ``mean`` lets every camera move and uses ``xi_i - mean_j xi_j``
 correction (to first order a rigid motion of the whole rig) changes nothing. With a frozen camera, the surface is
 tied to that camera's initial error, and the other cameras can only follow it through the slowest, least observed
 motion of the rig (all of them turning together about the object); that costs most when the frozen camera starts
-far off, as from a ring (``presets.make_pose_free`` picks by start). A global scale remains unobservable from normals
+far off, as from a ring (``presets.pose_free_gauge`` picks by start). A global scale remains unobservable from normals
 and masks either way; only the unit-sphere bound of the scene and the initialisation hold it, which is why pose
 metrics align by a similarity.
 

@@ -140,7 +140,9 @@ def _consistency(
 
 
 @torch.no_grad()
-def step_metrics(core: PMNICore, result: StepResult, batch: Dict[str, Tensor], context: Optional[StepContext] = None) -> Dict[str, Tensor]:
+def step_metrics(
+    core: PMNICore, result: StepResult, batch: Dict[str, Tensor], context: Optional[StepContext] = None
+) -> Dict[str, Tensor]:
     """Cheap diagnostics of a step: the core's, the consistency statistics and how far the cameras moved."""
     metrics = core.metrics(result.outputs, batch)
     metrics.update(result.stats)
