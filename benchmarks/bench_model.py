@@ -39,6 +39,7 @@ from pmni_method.models.core import PMNICore  # noqa: E402
 from pmni_method.models.presets import CorePreset, core_preset, with_iterations  # noqa: E402
 from pmni_method.models.rendering import accumulate, neus_alpha, render_weights  # noqa: E402
 from pmni_method.models.sampler import sphere_near_far  # noqa: E402
+from pmni_method.models.step import train_step as core_train_step  # noqa: E402
 
 
 def peak_rss_mib() -> float:
@@ -59,8 +60,8 @@ def train_step(core: PMNICore, opt: torch.optim.Optimizer, sched, store: RayStor
     core.train()
     core.before_train_step(step)
     batch = store.sample(rays)
-    out = core.render(batch["origins"], batch["directions"], batch["directions_norm"])
-    losses = core.losses(out, batch, step)
+    result = core_train_step(core, batch)
+    out, losses = result.outputs, result.losses
     total = sum(losses.values())
     opt.zero_grad(set_to_none=True)
     total.backward()
@@ -183,8 +184,8 @@ def run_throughput(args: argparse.Namespace) -> None:
         core.train()
         core.before_train_step(step)
         t0 = time.perf_counter()
-        out = core.render(batch["origins"], batch["directions"], batch["directions_norm"])
-        total = sum(core.losses(out, batch, step).values())
+        result = core_train_step(core, batch)
+        out, total = result.outputs, sum(result.losses.values())
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
@@ -201,8 +202,7 @@ def run_throughput(args: argparse.Namespace) -> None:
         for method in ("finite_difference", "autodiff"):
             core.field.config.gradient_method = method
             t0 = time.perf_counter()
-            out = core.render(batch["origins"], batch["directions"], batch["directions_norm"])
-            total = sum(core.losses(out, batch, step).values())
+            total = sum(core_train_step(core, batch).losses.values())
             opt.zero_grad(set_to_none=True)
             total.backward()
             opt.step()

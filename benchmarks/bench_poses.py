@@ -76,7 +76,7 @@ def dataset(out: Path, name: str) -> Path:
 
 def run_config(data: Path, out: Path, run: str, iterations: int, downscale: int, pose_seed: int = 0) -> Any:
     from pmni_method import runner  # pylint: disable=import-outside-toplevel
-    from pmni_method.models.presets import make_pose_free  # pylint: disable=import-outside-toplevel
+    from pmni_method.nerfstudio_adapter.presets import make_pose_free  # pylint: disable=import-outside-toplevel
 
     config = runner.scripted_config(
         "pmni-fast", data, out, max_num_iterations=iterations, experiment_name=run, downscale_factor=downscale,

@@ -216,6 +216,12 @@ class Normalisation:
         out[..., :3, 3] = self.to_world(c2w[..., :3, 3].reshape(-1, 3)).reshape(c2w[..., :3, 3].shape)
         return out
 
+    def transform_to_world(self, transform: np.ndarray) -> np.ndarray:
+        """A 4x4 map of the normalised frame (e.g. the similarity aligning estimated poses to true ones) as the same
+        map in world units, ``S T S^-1``: the form pmni-eval's ``--alignment`` applies to a world-units mesh."""
+        S = np.asarray(self.scale_mat, dtype=np.float64)
+        return S @ np.asarray(transform, dtype=np.float64) @ np.linalg.inv(S)
+
 
 def downscale_intrinsics(K: np.ndarray, factor: int) -> np.ndarray:
     """Intrinsics for an image block-averaged by an integer ``factor`` (OpenCV pixel centres).

@@ -11,7 +11,7 @@ scaler off. It has not been validated on CUDA for the SDF's double backward in h
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 from nerfstudio.configs.base_config import ViewerConfig
 from nerfstudio.plugins.types import MethodSpecification
@@ -19,7 +19,8 @@ from nerfstudio.plugins.types import MethodSpecification
 from pmni_method.compat import allow_numpy_scalars_in_checkpoints, default_device_type
 from pmni_method.data.datamanager import PMNIDataManagerConfig
 from pmni_method.dataparsers.diligent_mv_dataparser import DiligentMVDataParserConfig
-from pmni_method.models import presets
+from pmni_method.models.presets import MAX_GRAD_NORMS
+from pmni_method.nerfstudio_adapter import presets
 from pmni_method.pipeline import PMNIPipelineConfig
 from pmni_method.trainer import PMNITrainerConfig
 
@@ -29,19 +30,6 @@ allow_numpy_scalars_in_checkpoints()
 DESCRIPTIONS = {
     "pmni": "PMNI: SDF + NeuS normal integration from multi-view normal maps (full quality, GPU-sized).",
     "pmni-fast": "PMNI, CPU-friendly preset: fewer rays, iterations and hash levels.",
-}
-
-
-# Gradient-norm ceilings per parameter group, about 3x the largest norm seen in healthy pmni-fast runs (bunny and
-# sphere, 256-512 rays, camera refinement on and off). Adam's second moment remembers a spike for ~1000 steps, so
-# one exploding batch (a grazing ray, a pose jump) would freeze a group for that long; ordinary steps never clip.
-# Losses are per-ray means, so these norms do not grow with the batch size. Measured largest norms: hash_grid 1.6,
-# sdf_mlp 62 (first steps, geometric init), variance 17 (when the sharpness is not held at its bounds), camera_opt 89.
-MAX_GRAD_NORMS: Dict[str, Optional[float]] = {
-    "hash_grid": 5.0,
-    "sdf_mlp": 200.0,
-    "variance": 50.0,
-    "camera_opt": 250.0,
 }
 
 

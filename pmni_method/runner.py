@@ -6,7 +6,7 @@ import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, List, Optional
 
 import torch
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
@@ -124,22 +124,6 @@ def pipeline_mesh(pipeline: Any, resolution: int = 256, progress: Optional[Calla
     finally:
         model.train(was_training)
     return mesh
-
-
-def evaluate_pipeline(
-    pipeline: Any,
-    data_dir: Path,
-    mesh_path: Path,
-    resolution: int = 256,
-    threshold: float = 0.5,
-    heldout_views: Sequence[int] = (),
-) -> Dict[str, Any]:
-    """Export the current surface to ``mesh_path`` and score it with ``pmni-eval``'s metrics."""
-    from pmni_method.evaluation import evaluate
-    from pmni_method.export import write_mesh_atomic
-
-    write_mesh_atomic(pipeline_mesh(pipeline, resolution), mesh_path)
-    return evaluate(mesh_path, data_dir, threshold=threshold, heldout_views=heldout_views)
 
 
 def peak_rss_mib() -> float:

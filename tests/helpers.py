@@ -6,26 +6,21 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 import pytest
+import torch
+from torch import Tensor
 
-from pmni_method import cameras
+from pmni_method import cameras, cameras_torch
 from pmni_method.data import io
+from pmni_method.models.rendering import segment_starts
 
 
 def nerfstudio_to_opencv_c2w(c2w: np.ndarray) -> np.ndarray:
     """Inverse of :func:`pmni_method.cameras.opencv_to_nerfstudio_c2w` (the axis flip is its own inverse)."""
     return cameras.opencv_to_nerfstudio_c2w(c2w)
-
-
-def alignment_to_world(alignment: np.ndarray, normalisation: cameras.Normalisation) -> np.ndarray:
-    """A normalised-frame similarity (e.g. ``pose_errors(...)["alignment"]`` of normalised poses) as the same map in
-    world units, ``S T S^-1`` with ``S`` the scale_mat: the form ``evaluation.apply_alignment`` takes for a mesh
-    exported in world units."""
-    S = np.asarray(normalisation.scale_mat, dtype=np.float64)
-    return S @ np.asarray(alignment, dtype=np.float64) @ np.linalg.inv(S)
 
 
 # ------------------------------------------------------------------------------------------- analytic sphere data
@@ -139,3 +134,38 @@ def run(args: List[str], timeout: int = 300) -> subprocess.CompletedProcess:
 def error_lines(out: subprocess.CompletedProcess) -> List[str]:
     """The lines our code printed as errors (nerfstudio's own log lines before them are not ours to judge)."""
     return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("pmni")]
+
+
+# ------------------------------------------------------------------------------------------- reference implementations
+
+def dense_reference_weights(alpha: Tensor, ray_indices: Tensor, n_rays: int) -> Tensor:
+    """Straightforward padded ``cumprod`` version of ``rendering.render_weights``: weights [S] of alphas [S]."""
+    starts, counts = segment_starts(ray_indices, n_rays)
+    width = int(counts.max().item()) if counts.numel() else 0
+    pos = torch.arange(alpha.shape[0], device=alpha.device) - starts[ray_indices]
+    padded = alpha.new_zeros(n_rays, max(width, 1))
+    padded[ray_indices, pos] = alpha
+    trans = torch.cumprod(torch.cat([torch.ones_like(padded[:, :1]), 1.0 - padded[:, :-1]], dim=1), dim=1)
+    return (padded * trans)[ray_indices, pos]
+
+
+def nerfstudio_camera_to_worlds(c2w_cv: Tensor) -> Tensor:
+    """OpenCV camera-to-worlds [N, 4, 4] -> nerfstudio's [N, 3, 4] OpenGL-axes form."""
+    return cameras_torch.opencv_to_nerfstudio_c2w(c2w_cv)[:, :3, :4]
+
+
+def evaluate_pipeline(
+    pipeline: Any,
+    data_dir: Path,
+    mesh_path: Path,
+    resolution: int = 256,
+    threshold: float = 0.5,
+    heldout_views: Sequence[int] = (),
+) -> Dict[str, Any]:
+    """Export a pipeline's current surface to ``mesh_path`` and score it with ``pmni-eval``'s metrics."""
+    from pmni_method import runner
+    from pmni_method.evaluation import evaluate
+    from pmni_method.export import write_mesh_atomic
+
+    write_mesh_atomic(runner.pipeline_mesh(pipeline, resolution), mesh_path)
+    return evaluate(mesh_path, data_dir, threshold=threshold, heldout_views=heldout_views)

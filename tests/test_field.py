@@ -159,9 +159,9 @@ def test_auto_backend_is_torch_when_the_model_trains_on_cpu(monkeypatch: pytest.
     from nerfstudio.data.scene_box import SceneBox
 
     from pmni_method.fields import hash_encoding
-    from pmni_method.models.presets import model_config
+    from pmni_method.nerfstudio_adapter.presets import model_config
 
-    monkeypatch.setattr(hash_encoding, "_tcnn_available", lambda: True)
+    monkeypatch.setattr(hash_encoding, "tcnn_available", lambda: True)
     config = model_config("pmni-fast")
     config.core.sdf_field.num_levels = 2
     config.core.sdf_field.log2_hashmap_size = 10
@@ -170,3 +170,20 @@ def test_auto_backend_is_torch_when_the_model_trains_on_cpu(monkeypatch: pytest.
     model = config.setup(scene_box=box, num_train_data=1, metadata={}, device="cpu")
     assert model.field.encoding.implementation == "torch"
     assert model.field.encoding.tcnn_encoding is None
+
+
+def test_one_function_chooses_every_backend() -> None:
+    from pmni_method.backends import choose_backend
+    from pmni_method.models.sampler import OccupancyGrid, OccupancySamplerConfig
+
+    assert choose_backend("auto", "nerfacc", cuda=True) == "nerfacc"
+    assert choose_backend("auto", "nerfacc", cuda=False) == "torch"
+    assert choose_backend("auto", "tcnn", cuda=True, available=False) == "torch"
+    assert choose_backend("torch", "tcnn", cuda=True) == "torch"
+    assert choose_backend("tcnn", "tcnn", cuda=False) == "tcnn"  # an explicit choice is kept (and fails where it runs)
+    with pytest.raises(ValueError, match="'nerfacc' here, not 'tcnn'"):
+        choose_backend("tcnn", "nerfacc", cuda=True)
+    grid = OccupancyGrid(OccupancySamplerConfig(grid_resolution=8, backend="nerfacc"))
+    o, d = torch.zeros(2, 3), torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    with pytest.raises(RuntimeError, match="needs CUDA"):
+        grid.march(o, d, torch.zeros(2), torch.ones(2), 0.1, stratified=False)

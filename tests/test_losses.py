@@ -91,3 +91,24 @@ def test_lr_schedule_returns_python_floats() -> None:
     assert all(type(v) is float for v in values)
     assert values[0] == pytest.approx(0.1) and values[2] == pytest.approx(1.0) and values[4] == pytest.approx(0.05)
     assert type(log_interp(1.0, 4.0, 0.5)) is float and log_interp(1.0, 4.0, 0.5) == pytest.approx(2.0)
+
+
+def test_one_run_length_rescales_every_schedule_and_old_scheduler_configs_load() -> None:
+    import yaml
+
+    from pmni_method.models.presets import core_preset, with_iterations
+    from pmni_method.nerfstudio_adapter.model import WarmupCosineSchedulerConfig
+    from pmni_method.nerfstudio_adapter.presets import optimizers
+
+    preset = core_preset("pmni-fast")
+    short = with_iterations(preset, 90)
+    assert (short.core.loss_schedule.total_steps, short.lr_schedule.total_steps, short.pose_lr_schedule.total_steps) == (90,) * 3
+    assert preset.lr_schedule.total_steps == 900  # a copy: the preset itself is unchanged
+    scheduler = optimizers("pmni-fast")["hash_grid"]["scheduler"]
+    assert isinstance(scheduler, LRScheduleConfig) and scheduler.factor(900) == preset.lr_schedule.factor(900)
+    scheduler.max_steps = 90  # what the trainer sets for --max-num-iterations
+    assert scheduler.total_steps == 90
+    # A config.yml written before the two classes merged stores the run length as max_steps.
+    old = yaml.dump(scheduler).replace("total_steps: 90", "max_steps: 1234")
+    loaded = yaml.load(old, Loader=yaml.Loader)
+    assert type(loaded) is WarmupCosineSchedulerConfig and loaded.total_steps == 1234 and loaded.max_steps == 1234

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from helpers import alignment_to_world
 from pmni_method import cameras, synth
 from pmni_method.data.diligent_mv import load_diligent_mv
 from pmni_method.errors import PMNIDataError
@@ -229,11 +228,11 @@ def test_pose_errors_undo_a_similarity(seed: int) -> None:
     np.testing.assert_allclose(T2, T)
 
 
-def test_alignment_to_world_moves_world_points_like_the_normalised_alignment() -> None:
+def test_transform_to_world_moves_world_points_like_the_normalised_alignment() -> None:
     world, norm = _world_poses()
     gt = norm.c2w_to_normalised(world)
     est = _apply_similarity(gt, *_similarity(5))
-    T_world = alignment_to_world(np.array(pose_errors(est, gt)["alignment"]), norm)
+    T_world = norm.transform_to_world(np.array(pose_errors(est, gt)["alignment"]))
     est_world_centres = norm.to_world(est[:, :3, 3])
     moved = est_world_centres @ T_world[:3, :3].T + T_world[:3, 3]
     np.testing.assert_allclose(moved, world[:, :3, 3], atol=1e-6)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
 
 from pmni_method import runner
+
+from helpers import evaluate_pipeline
 
 
 def _reconstruct(data_dir: Path, out: Path, iterations: int, rays: int) -> dict:
@@ -16,7 +17,7 @@ def _reconstruct(data_dir: Path, out: Path, iterations: int, rays: int) -> dict:
     config.steps_per_save = 10**9  # no intermediate checkpoints: this test is about quality
     start = time.perf_counter()
     run = runner.train(config)
-    metrics = runner.evaluate_pipeline(run.trainer.pipeline, data_dir, out / "mesh.ply", resolution=128)
+    metrics = evaluate_pipeline(run.trainer.pipeline, data_dir, out / "mesh.ply", resolution=128)
     geo = metrics["geometry"]
     print(
         f"{data_dir.name}: {iterations} it in {time.perf_counter() - start:.0f} s, "

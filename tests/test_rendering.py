@@ -10,9 +10,11 @@ import torch
 
 from pmni_method.fields.sdf_field import SDFFieldConfig
 from pmni_method.models.core import PMNICore, PMNICoreConfig
-from pmni_method.models.rendering import accumulate, dense_reference_weights, neus_alpha, render_weights
+from pmni_method.models.rendering import accumulate, neus_alpha, render_weights
 from pmni_method.models.sampler import OccupancyGrid, OccupancySamplerConfig, alpha_band, sphere_near_far
 from pmni_method.models.schedule import LossScheduleConfig
+
+from helpers import dense_reference_weights
 
 
 def small_core(**overrides) -> PMNICore:

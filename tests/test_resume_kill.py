@@ -22,8 +22,9 @@ from typing import List
 import pytest
 import torch
 
-from pmni_method import runner
 from pmni_method.checkpoints import TMP_DIR_NAME, checkpoint_steps
+
+from helpers import evaluate_pipeline
 
 BIN = Path(sys.executable).parent
 ITERATIONS = 120
@@ -63,7 +64,7 @@ def chamfer(config_yml: Path, data: Path, mesh: Path) -> float:
         return config
 
     _, pipeline, _, _ = eval_setup(config_yml, test_mode="inference", update_config_callback=cpu)
-    metrics = runner.evaluate_pipeline(pipeline, data, mesh, resolution=64)
+    metrics = evaluate_pipeline(pipeline, data, mesh, resolution=64)
     return float(metrics["geometry"]["chamfer"])
 
 

@@ -127,6 +127,8 @@ class PMNIDataManager(DataManager):
 
     def setup_train(self) -> None:
         self.train_rays = RayStore(self.train_dataset.data, self.device, self.config.fg_fraction, self.config.seed)
+        # The model reaches the training views through its metadata (this dict): one copy of the normal maps.
+        self.train_dataset.metadata["pmni_rays"] = self.train_rays
 
     def setup_eval(self) -> None:
         self.eval_rays = RayStore(self.eval_dataset.data, self.device, self.config.fg_fraction, self.config.seed + 1)

@@ -7,17 +7,19 @@ implementation runs anywhere (CPU included). Both take points in [0, 1]^3 and re
 from __future__ import annotations
 
 import math
-from typing import List, Literal, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+
+from pmni_method.backends import Backend, choose_backend
 
 # Instant-NGP's spatial hash primes (the first is 1 so that the x coordinate stays coherent in memory), as the
 # int32 values with the same low 32 bits: hashing in int32 wraps exactly like Instant-NGP's uint32 arithmetic
 # (the table index keeps only the low bits) and runs ~1.7x faster on CPU than int64.
 _PRIMES = (1, 2654435761 - 2**32, 805459861)
 
-Implementation = Literal["auto", "torch", "tcnn"]
+Implementation = Backend
 
 
 def level_resolutions(num_levels: int, base_resolution: int, per_level_scale: float) -> List[int]:
@@ -25,7 +27,7 @@ def level_resolutions(num_levels: int, base_resolution: int, per_level_scale: fl
     return [int(math.floor(base_resolution * per_level_scale**level)) for level in range(num_levels)]
 
 
-def _tcnn_available() -> bool:
+def tcnn_available() -> bool:
     if not torch.cuda.is_available():
         return False
     try:
@@ -59,7 +61,7 @@ class HashGridEncoding(nn.Module):
         self.base_resolution = base_resolution
         self.per_level_scale = per_level_scale
         self.resolutions = level_resolutions(num_levels, base_resolution, per_level_scale)
-        use_tcnn = implementation == "tcnn" or (implementation == "auto" and _tcnn_available())
+        use_tcnn = choose_backend(implementation, "tcnn", torch.cuda.is_available(), tcnn_available()) == "tcnn"
         self.implementation: str = "tcnn" if use_tcnn else "torch"
         self.tcnn_encoding: Optional[nn.Module] = None
         if use_tcnn:

@@ -1,6 +1,8 @@
-"""pmni's reconstruction model: a nerfstudio-free core (``core``) and its nerfstudio wrapper (``pmni_model``).
+"""pmni's reconstruction model, nerfstudio-free: the core (field, sampler, rendering, losses, schedule), the pose
+model and the training step.
 
-Nothing here imports nerfstudio; import :mod:`pmni_method.models.pmni_model` explicitly for the wrapper.
+Nothing here imports nerfstudio; the nerfstudio wrappers live in :mod:`pmni_method.nerfstudio_adapter`
+(``pmni_model`` and ``pose_refine`` here are lazy aliases for runs trained before they moved).
 """
 
 from pmni_method.models.core import PMNICore, PMNICoreConfig

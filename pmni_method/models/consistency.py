@@ -29,7 +29,10 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from pmni_method.data.types import MultiViewNormalData
+from pmni_method.cameras_torch import project
+from pmni_method.data.raystore import TrainingViews
+
+__all__ = ["MultiViewConsistencyConfig", "TrainingViews", "consistency_loss", "sample_normals", "select_points", "unoccluded"]
 
 SDFFn = Callable[[Tensor], Tensor]
 
@@ -56,42 +59,6 @@ class MultiViewConsistencyConfig:
     """Sphere-tracing iterations; a ray still inside the scene after them counts as unoccluded."""
     detach_points: bool = False
     """Stop gradients through the point positions (then only the poses receive the term's gradient)."""
-
-
-@dataclass
-class TrainingViews:
-    """The training views' normal maps, masks and intrinsics as tensors (what the consistency term samples)."""
-
-    normals: Tensor
-    """(V, H, W, 3) unit normals in the normalised frame as loaded (under the initial poses); 0 outside masks."""
-    masks: Tensor
-    """(V, H, W) bool foreground masks."""
-    K: Tensor
-    """(V, 3, 3) OpenCV intrinsics (pixel centres at integers)."""
-
-    @classmethod
-    def from_data(cls, data: MultiViewNormalData, device: torch.device | str = "cpu") -> "TrainingViews":
-        return cls(
-            normals=torch.as_tensor(data.normals, dtype=torch.float32, device=device),
-            masks=torch.as_tensor(data.masks, dtype=torch.bool, device=device),
-            K=torch.as_tensor(data.K, dtype=torch.float32, device=device),
-        )
-
-    @property
-    def num_views(self) -> int:
-        return int(self.masks.shape[0])
-
-
-def project(points: Tensor, c2w: Tensor, K: Tensor) -> Tuple[Tensor, Tensor]:
-    """Pixel coordinates ``(u, v)`` [M, 2] (OpenCV: column, row) and camera z [M] of points [M, 3] in cameras
-    given per point (c2w [M, 4, 4] OpenCV, K [M, 3, 3])."""
-    R, c = c2w[:, :3, :3], c2w[:, :3, 3]
-    cam = torch.einsum("mji,mj->mi", R, points - c)  # R^T (x - c)
-    z = cam[:, 2]
-    uvw = torch.einsum("mij,mj->mi", K, cam)
-    # z is only used as a divisor where it is positive; the clamp keeps the other entries finite.
-    uv = uvw[:, :2] / torch.where(z > 1e-6, z, torch.ones_like(z))[:, None]
-    return uv, z
 
 
 def sample_normals(views: TrainingViews, view: Tensor, uv: Tensor) -> Tuple[Tensor, Tensor]:

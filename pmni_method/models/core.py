@@ -1,12 +1,13 @@
 """The whole reconstruction method without nerfstudio: SDF field + variance + occupancy grid, render and losses.
 
-``PMNICore`` is what :mod:`pmni_method.models.pmni_model` wraps for nerfstudio; benchmarks and plain training loops
+``PMNICore`` is what :mod:`pmni_method.nerfstudio_adapter.model` wraps for nerfstudio; benchmarks and plain training loops
 use it directly. Everything that depends on the training step (marching step, sharpness ceiling, coarse-to-fine
 levels, loss weights) is derived from the ``step`` buffer, so a loaded checkpoint renders like the run it left.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional
@@ -14,6 +15,7 @@ from typing import Any, Dict, List, Literal, Optional
 import torch
 from torch import Tensor, nn
 
+from pmni_method.backends import choose_backend
 from pmni_method.fields.sdf_field import SDFField, SDFFieldConfig
 from pmni_method.models import losses as L
 from pmni_method.models.rendering import Backend, accumulate, neus_alpha, neus_alpha_from_cos, render_weights
@@ -235,14 +237,23 @@ class PMNICore(nn.Module):
         step = int(self.step.item()) if step is None else step
         return self.config.loss_schedule.weights_at(step, has_depth)
 
-    def losses(self, outputs: Dict[str, Any], batch: Dict[str, Tensor], step: Optional[int] = None) -> Dict[str, Tensor]:
-        """Weighted loss terms (their sum is the training objective); terms whose weight is 0 are left out.
+    def losses(
+        self,
+        outputs: Dict[str, Any],
+        batch: Dict[str, Tensor],
+        step: Optional[int] = None,
+        weights: Optional[Dict[str, float]] = None,
+    ) -> Dict[str, Tensor]:
+        """Weighted per-ray loss terms (their sum is the objective without poses and consistency, which
+        :mod:`pmni_method.models.step` adds); terms whose weight is 0 are left out.
 
         ``batch``: ``normal`` [N, 3], ``fg_mask`` [N, 1], optional ``depth`` [N, 1] (camera z, any per-view scale,
         0 where unknown) with ``indices`` [N, 3] or ``camera_indices`` [N(, 1)] to group pixels by view.
+        ``weights``: the schedule's weights when the caller already has them (else those at ``step``).
         """
-        has_depth = "depth" in batch and batch["depth"] is not None
-        weights = self.loss_weights(has_depth, step)
+        has_depth = batch.get("depth") is not None
+        if weights is None:
+            weights = self.loss_weights(has_depth, step)
         fg = batch["fg_mask"].to(outputs["accumulation"])
         out: Dict[str, Tensor] = {}
         if weights["normal"] > 0:
@@ -294,3 +305,25 @@ def normal_angular_error_deg(pred: Tensor, target: Tensor) -> Tensor:
     p = pred / pred.norm(dim=-1, keepdim=True).clamp(min=1e-8)
     t = target / target.norm(dim=-1, keepdim=True).clamp(min=1e-8)
     return torch.rad2deg(torch.acos((p * t).sum(-1).clamp(-1.0, 1.0)))
+
+
+def core_config_for(
+    config: PMNICoreConfig, data: Any, device: Optional[torch.device | str], init_radius_from_masks: bool = True
+) -> PMNICoreConfig:
+    """``config`` as trained on ``data`` (a ``MultiViewNormalData`` or None) on ``device``: the initial sphere gets
+    the visual hull's volume (``sdf_field.sphere_init_radius``), and tiny-cuda-nn is only chosen where it runs."""
+    from pmni_method.models.visual_hull import visual_hull_radius  # pylint: disable=import-outside-toplevel
+
+    field_config = config.sdf_field
+    if data is not None and init_radius_from_masks:
+        # The sharpness is tied to the marching step from the first iteration, so the mask loss only acts near the
+        # current surface: an object much larger than the initial sphere would never be reached from inside.
+        radius = visual_hull_radius(data.K, data.c2w, data.masks)
+        field_config = dataclasses.replace(field_config, sphere_init_radius=float(min(max(radius, 0.2), 0.95)))
+    if device is not None:
+        # tcnn may be importable on a CUDA machine that trains on CPU: "auto" means tcnn only where it runs.
+        from pmni_method.fields.hash_encoding import tcnn_available  # pylint: disable=import-outside-toplevel
+
+        chosen = choose_backend(field_config.implementation, "tcnn", torch.device(device).type == "cuda", tcnn_available())
+        field_config = dataclasses.replace(field_config, implementation=chosen)
+    return dataclasses.replace(config, sdf_field=field_config)

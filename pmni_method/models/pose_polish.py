@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple, Type
+from typing import Callable, Dict, List, Tuple, Type
 
 import torch
 from torch import Tensor
 
+from pmni_method.cameras_torch import transform_rays
 from pmni_method.data.raystore import RayStore
-from pmni_method.data.types import MultiViewNormalData
-from pmni_method.models.pose_refine import PoseRefiner, se3_matrices
+from pmni_method.models.pose_model import PoseModel, se3_matrices
 from pmni_method.poses.maths import rotation_errors_deg
 
 # (origins [N, 3], directions [N, 3], directions_norm [N, 1]) -> (normal [N, 3], accumulation [N, 1]), no grad.
@@ -72,14 +72,12 @@ class PosePolishConfig:
 
 
 class PosePolisher:
-    """Holds the training views and polishes a :class:`PoseRefiner`'s corrections in place."""
+    """Polishes a :class:`PoseModel`'s corrections in place, on pixels of the training ray store."""
 
-    def __init__(self, config: PosePolishConfig, data: MultiViewNormalData, total_steps: int) -> None:
+    def __init__(self, config: PosePolishConfig, total_steps: int) -> None:
         self.config = config
-        self.data = data
         # A step ends the fraction ``f`` of the run when step + 1 == round(f * total); the polish follows it.
         self.steps = sorted({max(int(round(f * total_steps)) - 1, 0) for f in config.at if 0.0 < f <= 1.0})
-        self._store: Optional[RayStore] = None
         self.history: List[Dict[str, float]] = []
         """Statistics of every polish so far (this process)."""
 
@@ -87,15 +85,8 @@ class PosePolisher:
         """Whether a polish follows training step ``step``."""
         return step in self.steps
 
-    @property
-    def store(self) -> RayStore:
-        # Built on first use: it copies the normal maps, which a run that never polishes should not pay for.
-        if self._store is None:
-            self._store = RayStore(self.data)
-        return self._store
-
-    def _pixels(self, view: int, generator: torch.Generator) -> Tensor:
-        store, cfg = self.store, self.config
+    def _pixels(self, store: RayStore, view: int, generator: torch.Generator) -> Tensor:
+        cfg = self.config
         hw = store.height * store.width
         mask = store.fg_mask[view * hw : (view + 1) * hw]
         fg = torch.nonzero(mask).squeeze(-1)
@@ -105,10 +96,9 @@ class PosePolisher:
         return view * hw + torch.cat([picked_fg, rest])
 
     def _residuals(self, rays: Dict[str, Tensor], L: Tensor, render: RenderFn) -> Tensor:
-        R, t = L[:3, :3], L[:3, 3]
-        origins = rays["origins"] @ R.T + t
-        directions = rays["directions"] @ R.T
-        target = rays["normal"] @ R.T
+        Ls = L.expand(rays["origins"].shape[0], 4, 4)
+        origins, directions = transform_rays(Ls, rays["origins"], rays["directions"])
+        target = PoseModel.rotate_targets(Ls[:, :3, :3], rays["normal"])
         normals, accs = [], []
         for s in range(0, origins.shape[0], self.config.chunk):
             e = s + self.config.chunk
@@ -120,8 +110,9 @@ class PosePolisher:
         return torch.cat([((normal - target) * fg).reshape(-1), self.config.mask_weight * (acc - fg).reshape(-1)])
 
     @torch.no_grad()
-    def polish(self, refiner: PoseRefiner, render: RenderFn, seed: int = 0) -> Dict[str, float]:
-        """Polish every free camera of ``refiner`` in place; returns summary statistics.
+    def polish(self, refiner: PoseModel, render: RenderFn, store: RayStore, seed: int = 0) -> Dict[str, float]:
+        """Polish every free camera of ``refiner`` in place, on pixels of ``store`` (the training views, in the
+        refiner's camera order); returns summary statistics.
 
         ``render`` must be deterministic (the model in eval mode). The pixel draw is seeded with ``seed`` so that a
         resumed run repeats it exactly.
@@ -136,7 +127,7 @@ class PosePolisher:
         for view in range(refiner.num_cameras):
             if float(refiner.free[view]) == 0.0:
                 continue
-            rays = {k: v.to(device) for k, v in self.store.rays_for(self._pixels(view, generator)).items()}
+            rays = {k: v.to(device) for k, v in store.rays_for(self._pixels(store, view, generator)).items()}
             L0 = refiner.left_transforms(torch.tensor([view], device=device))[0].float()
             L_start = L0.clone()
             r0 = self._residuals(rays, L0, render)
@@ -192,7 +183,7 @@ class PosePolisher:
         return stats
 
 
-def _left_step(refiner: PoseRefiner, dx: Tensor, L: Tensor) -> Tensor:
+def _left_step(refiner: PoseModel, dx: Tensor, L: Tensor) -> Tensor:
     """``Exp(S dx) @ L``: a step ``dx`` in the refiner's scaled se(3) coordinates, applied on the left like its
     corrections."""
     return se3_matrices(dx * refiner.xi_scale.to(dx.device)) @ L

@@ -1,9 +1,9 @@
-"""The ``pmni`` (full quality) and ``pmni-fast`` (CPU-friendly) presets, and the pose-free flag set.
+"""The ``pmni`` (full quality) and ``pmni-fast`` (CPU-friendly) presets, and what makes a run pose-free.
 
-``core_preset(name)`` is nerfstudio-free (plain training loops, benchmarks, a GPU box without nerfstudio);
-``model_config(name)`` and ``optimizers(name)`` build the nerfstudio objects from it (nerfstudio imported lazily).
+Everything here is nerfstudio-free (plain training loops, benchmarks, a GPU box without nerfstudio);
+:mod:`pmni_method.nerfstudio_adapter.presets` builds the nerfstudio objects from it.
 
-Pose-free training (:func:`make_pose_free`) is any preset plus pose refinement; on the command line::
+Pose-free training is any preset plus pose refinement; on the command line::
 
     ns-train pmni-fast --pipeline.model.camera-optimizer.mode SE3 \
         --pipeline.model.camera-optimizer.recentre-on-masks True \
@@ -16,15 +16,35 @@ Use camera-space normal maps: world-space maps are tied to the true world frame,
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from pmni_method.fields.sdf_field import SDFFieldConfig
 from pmni_method.models.core import PMNICoreConfig
 from pmni_method.models.sampler import OccupancySamplerConfig
-from pmni_method.models.schedule import LossScheduleConfig, LossStage, LRScheduleConfig, pmni_diligent_stages
+from pmni_method.models.schedule import (
+    LossScheduleConfig,
+    LossStage,
+    LRScheduleConfig,
+    pmni_diligent_stages,
+    scale_to_run_length,
+)
 
 PRESET_NAMES = ("pmni", "pmni-fast")
+
+
+# Gradient-norm ceilings per parameter group, about 3x the largest norm seen in healthy pmni-fast runs (bunny and
+# sphere, 256-512 rays, camera refinement on and off). Adam's second moment remembers a spike for ~1000 steps, so
+# one exploding batch (a grazing ray, a pose jump) would freeze a group for that long; ordinary steps never clip.
+# Losses are per-ray means, so these norms do not grow with the batch size. Measured largest norms: hash_grid 1.6,
+# sdf_mlp 62 (first steps, geometric init), variance 17 (when the sharpness is not held at its bounds), camera_opt 89.
+MAX_GRAD_NORMS: Dict[str, Optional[float]] = {
+    "hash_grid": 5.0,
+    "sdf_mlp": 200.0,
+    "variance": 50.0,
+    "camera_opt": 250.0,
+}
 
 
 @dataclass
@@ -138,107 +158,38 @@ def core_preset(name: str) -> CorePreset:
     raise ValueError(f"unknown preset {name!r}; choose from {PRESET_NAMES}")
 
 
-def with_iterations(preset: CorePreset, iterations: int) -> CorePreset:
-    """The same preset rescaled to another run length (every schedule follows)."""
-    core = replace(preset.core, loss_schedule=replace(preset.core.loss_schedule, total_steps=iterations))
-    return replace(
-        preset,
-        core=core,
-        lr_schedule=replace(preset.lr_schedule, total_steps=iterations),
-        pose_lr_schedule=replace(preset.pose_lr_schedule, total_steps=iterations),
-        max_num_iterations=iterations,
-    )
+def pose_free_gauge(pose_init: str) -> str:
+    """The gauge a pose-free run from ``pose_init`` uses: ``mean`` from a ring, ``frozen-camera`` otherwise."""
+    # A frozen camera keeps its own initial error and the others reach it only through the rig's slowest motion.
+    # From a ring start that camera is off by the ring's guess (bunny and Spot, 900 steps: frozen 3.96 and 2.32
+    # degrees, mean 1.65 and 0.91). From 5-degree noise it is a typical camera, and freezing it measured better
+    # (four runs, two seeds: 1.21 degrees on average against 1.62 with the mean gauge).
+    return "mean" if pose_init == "ring" else "frozen-camera"
 
 
-# ---------------------------------------------------------------------------------------------- nerfstudio side
-def model_config(name: str) -> Any:
-    """The ``PMNIModelConfig`` of a preset."""
-    from pmni_method.models.pmni_model import PMNIModelConfig  # pylint: disable=import-outside-toplevel
-
-    preset = core_preset(name)
-    return PMNIModelConfig.from_core(preset.core, eval_num_rays_per_chunk=preset.eval_num_rays_per_chunk)
-
-
-def optimizers(name: str) -> Dict[str, Dict[str, Any]]:
-    """nerfstudio ``optimizers`` dict (group -> optimizer + scheduler) of a preset; schedulers return floats."""
-    from nerfstudio.engine.optimizers import AdamOptimizerConfig  # pylint: disable=import-outside-toplevel
-
-    from pmni_method.models.pmni_model import WarmupCosineSchedulerConfig  # pylint: disable=import-outside-toplevel
-
-    preset = core_preset(name)
-    out: Dict[str, Dict[str, Any]] = {}
-    # camera_opt is only used when the model's camera_optimizer is switched on (nerfstudio ignores groups the
-    # model lacks).
-    groups = dict(preset.optim, camera_opt=preset.pose_optim)
-    for group, opt in groups.items():
-        sched = preset.pose_lr_schedule if group == "camera_opt" else preset.lr_schedule
-        out[group] = {
-            "optimizer": AdamOptimizerConfig(lr=opt.lr, eps=opt.eps),
-            "scheduler": WarmupCosineSchedulerConfig(
-                warmup_steps=sched.warmup_steps,
-                warmup_start_factor=sched.warmup_start_factor,
-                final_factor=sched.final_factor,
-                max_steps=sched.total_steps,
-            ),
-        }
-    return out
-
-
-def run_settings(name: str) -> Dict[str, int]:
-    """Iterations and batch sizes of a preset, for the TrainerConfig / datamanager."""
-    preset = core_preset(name)
-    return {
-        "max_num_iterations": preset.max_num_iterations,
-        "train_num_rays_per_batch": preset.train_num_rays_per_batch,
-        "eval_num_rays_per_chunk": preset.eval_num_rays_per_chunk,
-    }
-
-
-def make_pose_free(
-    config: Any,
-    pose_init: str = "noisy",
-    normal_dir: str = "normal_camera_space_GT",
-    mvc_weight: float = 1.0,
-    gauge: Optional[str] = None,
-) -> Any:
-    """Turn a pmni ``TrainerConfig`` into a pose-free run (the flag set in this module's docstring), in place.
-
-    Pose refinement on (left SE(3) per camera; ``gauge`` ``frozen-camera`` freezes camera 0 as PMNI does, ``mean``
-    moves every camera relative to their mean; None: ``mean`` for a ring start, ``frozen-camera`` otherwise), every
-    camera first recentred on its mask, poses started from ``pose_init`` (``noisy``, ``ring`` or ``file``; ``gt``
-    refines calibrated poses), camera-space normal maps from ``normal_dir`` so that the normal targets turn with the
-    poses, and the multi-view consistency term at ``mvc_weight`` in every stage that trains normals.
-    """
-    model = config.pipeline.model
-    model.camera_optimizer.mode = "SE3"
-    model.camera_optimizer.recentre_on_masks = True
-    if gauge is None:
-        # A frozen camera keeps its own initial error and the others reach it only through the rig's slowest motion.
-        # From a ring start that camera is off by the ring's guess (bunny and Spot, 900 steps: frozen 3.96 and 2.32
-        # degrees, mean 1.65 and 0.91). From 5-degree noise it is a typical camera, and freezing it measured better
-        # (four runs, two seeds: 1.21 degrees on average against 1.62 with the mean gauge).
-        gauge = "mean" if pose_init == "ring" else "frozen-camera"
-    model.camera_optimizer.gauge = gauge
+def pose_free_stages(stages: Tuple[LossStage, ...], mvc_weight: float = 1.0) -> Tuple[LossStage, ...]:
+    """The consistency term at ``mvc_weight`` (at least) in every stage that trains normals."""
     # A camera misplaced along its orbit keeps its silhouette and turns its target and rendered normals together;
     # only parallax between views reveals it, and the consistency term is what measures that. Waiting for the last
     # stage leaves it too few steps (bunny, 5 deg / 5 % noise, 800 steps: 1.7 deg with it from 5 %, 2.9 without).
-    schedule = model.core.loss_schedule
-    schedule.stages = tuple(
-        replace(stage, mvc=max(stage.mvc, mvc_weight)) if stage.normal > 0 else stage for stage in schedule.stages
-    )
-    parser = config.pipeline.datamanager.dataparser
-    parser.pose_init = pose_init
-    parser.normal_dir = normal_dir
-    return config
+    return tuple(replace(stage, mvc=max(stage.mvc, mvc_weight)) if stage.normal > 0 else stage for stage in stages)
+
+
+def with_iterations(preset: CorePreset, iterations: int) -> CorePreset:
+    """A copy of the preset rescaled to another run length (every schedule follows)."""
+    out = copy.deepcopy(preset)
+    out.max_num_iterations = int(iterations)
+    scale_to_run_length(iterations, out.core.loss_schedule, (out.lr_schedule, out.pose_lr_schedule))
+    return out
 
 
 __all__ = [
+    "MAX_GRAD_NORMS",
     "CorePreset",
     "GroupOptim",
     "PRESET_NAMES",
     "core_preset",
-    "make_pose_free",
-    "model_config",
-    "optimizers",
-    "run_settings",
+    "pose_free_gauge",
+    "pose_free_stages",
+    "with_iterations",
 ]

@@ -7,12 +7,14 @@ a cumulative sum of log-transmittance) and through nerfacc on CUDA.
 
 from __future__ import annotations
 
-from typing import Literal, Tuple
+from typing import Tuple
 
 import torch
 from torch import Tensor
 
-Backend = Literal["auto", "torch", "nerfacc"]
+from pmni_method import backends
+
+Backend = backends.Backend
 
 
 def neus_alpha(
@@ -57,11 +59,7 @@ def neus_alpha_from_cos(
 
 
 def _use_nerfacc(alpha: Tensor, backend: Backend) -> bool:
-    if backend == "torch":
-        return False
-    if backend == "nerfacc":
-        return True
-    return alpha.is_cuda
+    return backends.choose_backend(backend, "nerfacc", alpha.is_cuda) == "nerfacc"
 
 
 def segment_starts(ray_indices: Tensor, n_rays: int) -> Tuple[Tensor, Tensor]:
@@ -105,14 +103,3 @@ def accumulate(values: Tensor, weights: Tensor, ray_indices: Tensor, n_rays: int
     if weights.numel() == 0:
         return out
     return out.index_add(0, ray_indices, weights[:, None] * values)
-
-
-def dense_reference_weights(alpha: Tensor, ray_indices: Tensor, n_rays: int) -> Tensor:
-    """Straightforward padded ``cumprod`` version of :func:`render_weights` (for tests)."""
-    starts, counts = segment_starts(ray_indices, n_rays)
-    width = int(counts.max().item()) if counts.numel() else 0
-    pos = torch.arange(alpha.shape[0], device=alpha.device) - starts[ray_indices]
-    padded = alpha.new_zeros(n_rays, max(width, 1))
-    padded[ray_indices, pos] = alpha
-    trans = torch.cumprod(torch.cat([torch.ones_like(padded[:, :1]), 1.0 - padded[:, :-1]], dim=1), dim=1)
-    return (padded * trans)[ray_indices, pos]

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal, Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+
+from pmni_method.backends import Backend, choose_backend
 
 
 @dataclass
@@ -43,8 +45,8 @@ class OccupancySamplerConfig:
     """Fraction of the run over which the step decays geometrically from start to end."""
     sphere_radius: float = 1.0
     """Rays are clipped to this sphere around the origin (the normalised frame's bounding sphere)."""
-    backend: Literal["auto", "torch", "nerfacc"] = "auto"
-    """Marcher: nerfacc on CUDA ("auto"), or the pure-torch marcher."""
+    backend: Backend = "auto"
+    """Marcher: nerfacc on CUDA ("auto"), nerfacc, or the pure-torch marcher (torch)."""
     eval_chunk: int = 131072
     """Points per SDF evaluation chunk during a grid rebuild."""
     terminate_inside: bool = True
@@ -216,11 +218,11 @@ class OccupancyGrid(nn.Module):
         stratified: bool,
     ) -> Tuple[Tensor, Tensor, Tensor]:
         """Samples as ``(ray_indices, t_starts, t_ends)`` [S], sorted by ray then distance."""
-        use_nerfacc = origins.is_cuda and self.config.backend in ("auto", "nerfacc")
+        use_nerfacc = choose_backend(self.config.backend, "nerfacc", origins.is_cuda) == "nerfacc"
+        if use_nerfacc and not origins.is_cuda:
+            raise RuntimeError("the nerfacc marcher needs CUDA tensors")
         if use_nerfacc:
             samples = self._march_nerfacc(origins, directions, near, far, step_size, stratified)
-        elif self.config.backend == "nerfacc":
-            raise RuntimeError("the nerfacc marcher needs CUDA tensors")
         else:
             samples = self._march_torch(origins, directions, near, far, step_size, stratified)
         if self.config.terminate_inside:

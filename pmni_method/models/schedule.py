@@ -11,7 +11,8 @@ iterations (of 30k)   normal  depth  mask  eikonal  mvc
 ====================  ======  =====  ====  =======  ===
 
 ``mvc`` is the multi-view normal consistency term (:mod:`pmni_method.models.consistency`), PMNI's third stage;
-the nerfstudio model adds it, since it needs every training view's normal map and the current poses.
+the training step (:mod:`pmni_method.models.step`) adds it, since it needs every training view's normal map and the
+current poses.
 
 Stage boundaries are stored as fractions of the run and scaled to the configured iteration count.
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Tuple
+from typing import Dict, Iterable, Optional, Tuple
 
 LOSS_NAMES = ("normal", "depth", "mask", "eikonal", "mvc")
 
@@ -116,3 +117,19 @@ class LRScheduleConfig:
         progress = min(max((step - self.warmup_steps) / span, 0.0), 1.0)
         cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
         return float(self.final_factor + (1.0 - self.final_factor) * cosine)
+
+
+def scale_to_run_length(
+    total_steps: int, loss_schedule: Optional[LossScheduleConfig], lr_schedules: Iterable[LRScheduleConfig] = ()
+) -> None:
+    """Scale every step-based schedule to a run of ``total_steps``, in place.
+
+    Presets are written for their own run length; a run of another length keeps their proportions (stages, LR
+    warm-up and decay) rather than stopping half-way through. The core derives its other schedules (coarse-to-fine,
+    marching step, sharpness bounds) from ``loss_schedule.total_steps``.
+    """
+    total = int(total_steps)
+    if loss_schedule is not None:
+        loss_schedule.total_steps = total
+    for schedule in lr_schedules:
+        schedule.total_steps = total

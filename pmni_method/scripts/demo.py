@@ -9,7 +9,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 import tyro
 from rich.console import Console
@@ -17,6 +17,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from pmni_method.atomic import write_json_atomic
 from pmni_method.errors import EXIT_BAD_INPUT, PMNIDataError, print_error
+
+if TYPE_CHECKING:
+    from pmni_method.synth import SynthConfig
 
 # nerfstudio 1.1.5 on torch 2.14 warns about its own deprecated calls at every step; they drown the demo's output.
 for _module in ("nerfstudio", "torch", "tyro"):

@@ -1,0 +1,255 @@
+"""Plain training without nerfstudio: the core's training step in a loop, then a checkpoint, a mesh and metrics.
+
+This is what a machine with only torch (and the light dependencies: numpy, scipy, trimesh, PyMCubes, pypose,
+OpenEXR) runs; it imports neither nerfstudio nor open3d nor viser. Calibrated and pose-free runs::
+
+    python -m pmni_method.train_core --data DIR --output OUT --device cuda
+    python -m pmni_method.train_core --data DIR --output OUT --pose-init ring --normal-dir normal_camera_space_GT
+
+``OUT`` receives ``checkpoint.pt`` (core, poses, optimiser, step), ``mesh.ply`` (world units) and
+``metrics.json`` (the last step's losses, the refined poses' errors and, with a ground-truth mesh, pmni-eval's
+geometry and normal metrics). Exit codes: 0 done, 2 bad input, 3 training diverged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Sequence
+
+import numpy as np
+import torch
+
+from pmni_method.atomic import atomic_write, write_json_atomic
+from pmni_method.poses.maths import pose_errors
+from pmni_method.poses.starts import PoseInitConfig
+from pmni_method.data.diligent_mv import load_diligent_mv, split_indices
+from pmni_method.data.raystore import RayStore
+from pmni_method.data.types import MultiViewNormalData
+from pmni_method.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, PMNIDataError, print_error
+from pmni_method.models.consistency import MultiViewConsistencyConfig
+from pmni_method.models.core import PMNICore, core_config_for
+from pmni_method.models.pose_model import PoseModel, PoseModelConfig
+from pmni_method.models.presets import (
+    MAX_GRAD_NORMS,
+    CorePreset,
+    core_preset,
+    pose_free_gauge,
+    pose_free_stages,
+    with_iterations,
+)
+from pmni_method.models.step import StepContext, step_metrics, train_step
+
+PROG = "pmni_method.train_core"
+"""Name in the one-line errors (the entry runs as ``python -m pmni_method.train_core``)."""
+
+
+@dataclass
+class CoreRun:
+    """Everything a plain training run holds."""
+
+    preset: CorePreset
+    """The preset, scaled to the run length."""
+    core: PMNICore
+    """The reconstruction model."""
+    store: RayStore
+    """The training views and their rays (the one copy of the normal maps)."""
+    context: StepContext
+    """Poses and consistency views of the training step."""
+    optimizer: torch.optim.Optimizer
+    """Adam over every parameter group."""
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    """Warm-up + cosine per group (the poses have their own)."""
+
+
+def build_run(
+    preset: CorePreset,
+    data: MultiViewNormalData,
+    device: torch.device | str = "cpu",
+    pose_init: str = "gt",
+    refine_poses: Optional[bool] = None,
+    gauge: Optional[str] = None,
+    seed: int = 0,
+) -> CoreRun:
+    """Core, ray store, pose model and optimiser for ``data``; pose refinement on for any start but ``gt`` (or as
+    ``refine_poses`` says), set up as the nerfstudio method's pose-free flag set does."""
+    refine = pose_init != "gt" if refine_poses is None else refine_poses
+    if refine:
+        preset.core.loss_schedule.stages = pose_free_stages(preset.core.loss_schedule.stages)
+    torch.manual_seed(seed)
+    core = PMNICore(core_config_for(preset.core, data, device)).to(device)
+    store = RayStore(data, device, seed=seed)
+    pose_config = PoseModelConfig(
+        mode="SE3" if refine else "off",
+        gauge=gauge or pose_free_gauge(pose_init),
+        recentre_on_masks=refine,
+    )
+    pose_model = PoseModel(pose_config, c2w_init=data.c2w, K=data.K, masks=data.masks).to(device)
+    uses_mvc = any(stage.mvc > 0 for stage in preset.core.loss_schedule.stages)
+    context = StepContext(
+        poses=pose_model,
+        views=store.views if uses_mvc else None,
+        consistency=MultiViewConsistencyConfig(),
+        # Camera-space maps were rotated into the world by the initial poses: they turn with the corrections.
+        targets_follow_poses=data.normal_space == "camera",
+    )
+    groups = dict(core.param_groups(), **pose_model.param_groups())
+    settings = dict(preset.optim, camera_opt=preset.pose_optim)
+    optimizer = torch.optim.Adam(
+        [{"params": groups[name], "lr": settings[name].lr, "eps": settings[name].eps, "name": name} for name in groups]
+    )
+    lambdas = [
+        (preset.pose_lr_schedule if name == "camera_opt" else preset.lr_schedule).factor for name in groups
+    ]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+    return CoreRun(preset, core, store, context, optimizer, scheduler)
+
+
+def optimise(run: CoreRun, step: int, log: Optional[Callable[[str], None]] = None, log_every: int = 0) -> Dict[str, float]:
+    """One training step: the core's step function, then a clipped optimiser step; a non-finite objective skips the
+    update (parameters and Adam state unchanged). Returns the loss terms as floats."""
+    core = run.core
+    core.train()
+    core.before_train_step(step)
+    batch = run.store.sample(run.preset.train_num_rays_per_batch)
+    result = train_step(core, batch, run.context)
+    total = sum(result.losses.values())
+    losses = {k: float(v.detach()) for k, v in result.losses.items()}
+    run.optimizer.zero_grad(set_to_none=True)
+    if math.isfinite(float(total.detach())):
+        total.backward()
+        for group in run.optimizer.param_groups:
+            limit = MAX_GRAD_NORMS.get(group["name"])
+            if limit is not None:
+                torch.nn.utils.clip_grad_norm_(group["params"], limit)
+        run.optimizer.step()
+    else:
+        losses["skipped"] = 1.0
+    run.scheduler.step()
+    if log is not None and log_every and (step + 1) % log_every == 0:
+        m = step_metrics(core, result, batch, run.context)
+        log(
+            f"step {step + 1:6d} loss {float(total.detach()):.4f} "
+            + " ".join(f"{k}={v:.4f}" for k, v in losses.items())
+            + f" inv_s={float(m['inv_s']):.0f} spr={float(m['samples_per_ray']):.1f}"
+        )
+    return losses
+
+
+def save_outputs(
+    run: CoreRun, data: MultiViewNormalData, output: Path, step: int, summary: Dict[str, Any], mesh_resolution: int
+) -> Dict[str, Any]:
+    """Write ``checkpoint.pt``, ``mesh.ply`` and ``metrics.json`` into ``output``; returns the metrics."""
+    from pmni_method.evaluation import EvaluationInputError, evaluate  # pylint: disable=import-outside-toplevel
+    from pmni_method.export import extract_mesh, write_mesh_atomic  # pylint: disable=import-outside-toplevel
+
+    output.mkdir(parents=True, exist_ok=True)
+    state = {
+        "step": step,
+        "core": run.core.state_dict(),
+        "poses": run.context.poses.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "view_ids": list(data.view_ids),
+    }
+    with atomic_write(output / "checkpoint.pt") as f:
+        torch.save(state, f)
+    run.core.eval()
+    mesh = extract_mesh(lambda x: run.core.field.sdf(x)[:, 0], resolution=mesh_resolution, normalisation=data.normalisation)
+    mesh_path = write_mesh_atomic(mesh, output / "mesh.ply")
+    metrics: Dict[str, Any] = dict(summary)
+    alignment = None
+    if run.context.refining:
+        refined = run.context.poses.refined_c2w()
+        metrics["refined_c2w"] = refined.tolist()
+        if data.gt_c2w is not None:
+            report = pose_errors(refined, data.gt_c2w)
+            metrics["poses"] = {k: v for k, v in report.items() if not isinstance(v, list) or k == "alignment"}
+            alignment = data.normalisation.transform_to_world(np.asarray(report["alignment"]))
+    if data.gt_mesh is not None:
+        try:
+            metrics["evaluation"] = evaluate(
+                mesh_path, data.data_dir, heldout_views=summary["heldout_views"], alignment=alignment,
+                align_to_poses=False, downscale_factor=summary["downscale"], require_hits=False,
+            )
+        except EvaluationInputError as err:
+            # A short pose-free run may end far from the truth: the checkpoint and mesh still count.
+            metrics["evaluation_error"] = str(err)
+    write_json_atomic(metrics, output / "metrics.json")
+    return metrics
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="dataset folder (DiLiGenT-MV layout)")
+    parser.add_argument("--output", type=Path, required=True, help="folder for checkpoint.pt, mesh.ply, metrics.json")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--preset", default="pmni-fast", choices=["pmni", "pmni-fast"])
+    parser.add_argument("--iterations", type=int, default=0, help="run length (0: the preset's); every schedule follows")
+    parser.add_argument("--rays", type=int, default=0, help="rays per batch (0: the preset's)")
+    parser.add_argument("--downscale-factor", type=int, default=1)
+    parser.add_argument("--exclude-views", type=int, nargs="*", default=[], help="view ids held out of training")
+    parser.add_argument("--normal-dir", default="normal_world_space_GT")
+    parser.add_argument("--pose-init", default="gt", choices=["gt", "noisy", "ring", "file"])
+    parser.add_argument("--poses-file", type=Path, default=None, help="with --pose-init file")
+    parser.add_argument("--gauge", default=None, choices=["frozen-camera", "mean"], help="default: mean from a ring")
+    parser.add_argument("--data-checks", default=None, choices=["error", "warn", "off"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mesh-resolution", type=int, default=256)
+    parser.add_argument("--log-every", type=int, default=100)
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    pose_init = PoseInitConfig(pose_init=args.pose_init, poses_file=args.poses_file)
+    # Checks that need the stored poses are meaningless from a ring or a file start.
+    checks = args.data_checks or ("warn" if args.pose_init in ("noisy", "ring", "file") else "error")
+    try:
+        data = load_diligent_mv(
+            args.data, normal_dir=args.normal_dir, downscale_factor=args.downscale_factor, pose_init=pose_init,
+            data_checks=checks,
+        )
+        train = data.subset(split_indices(data.view_ids, args.exclude_views, "train"))
+    except PMNIDataError as err:
+        print_error(f"error: {err}", prog=PROG, stderr=True)
+        return EXIT_BAD_INPUT
+    preset = core_preset(args.preset)
+    if args.iterations:
+        preset = with_iterations(preset, args.iterations)
+    if args.rays:
+        preset.train_num_rays_per_batch = args.rays
+    run = build_run(preset, train, args.device, args.pose_init, gauge=args.gauge, seed=args.seed)
+    start, skipped, losses = time.perf_counter(), 0, {}
+    for step in range(preset.max_num_iterations):
+        losses = optimise(run, step, log=lambda line: print(line, flush=True), log_every=args.log_every)
+        skipped = skipped + 1 if "skipped" in losses else 0
+        if skipped >= 10:
+            print_error(f"error: training diverged at step {step + 1} (10 non-finite steps in a row)", prog=PROG, stderr=True)
+            return EXIT_DIVERGED
+    seconds = time.perf_counter() - start
+    summary = {
+        "steps": preset.max_num_iterations,
+        "train_seconds": seconds,
+        "device": str(args.device),
+        "pose_init": args.pose_init,
+        "downscale": args.downscale_factor,
+        "heldout_views": list(args.exclude_views),
+        "final_losses": losses,
+    }
+    metrics = save_outputs(run, train, args.output, preset.max_num_iterations, summary, args.mesh_resolution)
+    chamfer = (metrics.get("evaluation") or {}).get("geometry", {}).get("chamfer")
+    print(
+        f"trained {preset.max_num_iterations} steps in {seconds:.0f} s; wrote {args.output}"
+        + (f"; Chamfer {chamfer:.4g}" if chamfer is not None else "")
+        + (f"; rotation error {metrics['poses']['rotation_deg_mean']:.2f} deg" if "poses" in metrics else "")
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
