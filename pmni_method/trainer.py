@@ -142,20 +142,19 @@ class PMNITrainerConfig(TrainerConfig):
 
 
 def sync_run_length(config: TrainerConfig) -> None:
-    """Scale every step-based schedule (loss stages, LR warm-up/decay) to ``max_num_iterations``.
+    """Scale the model's and the optimisers' step-based schedules to ``max_num_iterations`` (see
+    :func:`~pmni_method.models.schedule.scale_to_run_length`, the one place that knows what scaling means)."""
+    from pmni_method.models.schedule import LRScheduleConfig, scale_to_run_length
 
-    Presets are written for their own run length; a user who passes ``--max-num-iterations`` expects the stages to
-    keep their proportions rather than stop half-way through.
-    """
-    total = int(config.max_num_iterations)
-    schedule = getattr(getattr(config.pipeline.model, "core", None), "loss_schedule", None)
-    if schedule is not None:
-        # The model derives every other step-based schedule (coarse-to-fine, marching step) from this one.
-        schedule.total_steps = total
-    for group in config.optimizers.values():
-        scheduler = group.get("scheduler")
-        if scheduler is not None and hasattr(scheduler, "max_steps"):
-            scheduler.max_steps = total
+    schedulers = [group.get("scheduler") for group in config.optimizers.values()]
+    scale_to_run_length(
+        int(config.max_num_iterations),
+        getattr(getattr(config.pipeline.model, "core", None), "loss_schedule", None),
+        [s for s in schedulers if isinstance(s, LRScheduleConfig)],
+    )
+    for scheduler in schedulers:
+        if not isinstance(scheduler, LRScheduleConfig) and hasattr(scheduler, "max_steps"):
+            scheduler.max_steps = int(config.max_num_iterations)  # a nerfstudio scheduler a user swapped in
 
 
 class PMNITrainer(Trainer):
