@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import pytest
@@ -114,15 +114,20 @@ def tiny_config(data: Path, output: Path, iterations: int = 6, rays: int = 64, *
 BIN = Path(sys.executable).parent
 
 
-def ns_train_args(data: Path, output: Path, iterations: int = 4) -> List[str]:
+def ns_train_args(
+    data: Path, output: Path, *extra: str, iterations: int = 4, save_every: Optional[int] = None
+) -> List[str]:
+    """A tiny CPU ``ns-train pmni-fast`` command line; ``extra`` trainer flags go before the dataparser."""
     exe = BIN / "ns-train"
     if not exe.exists():
         pytest.skip("ns-train not installed in this environment (run `make install`)")
+    saves = [] if save_every is None else ["--steps-per-save", str(save_every)]
     return [
         str(exe), "pmni-fast", "--data", str(data), "--output-dir", str(output),
-        "--max-num-iterations", str(iterations), "--vis", "tensorboard", "--viewer.quit-on-train-completion", "True",
-        "--machine.device-type", "cpu", "--pipeline.datamanager.train-num-rays-per-batch", "64",
-        "--logging.local-writer.enable", "False", "diligent-mv-data",
+        "--max-num-iterations", str(iterations), *saves, "--vis", "tensorboard",
+        "--viewer.quit-on-train-completion", "True", "--machine.device-type", "cpu",
+        "--pipeline.datamanager.train-num-rays-per-batch", "64", "--logging.local-writer.enable", "False",
+        *extra, "diligent-mv-data",
     ]
 
 

@@ -14,35 +14,23 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import List
 
-import pytest
 import torch
 
 from pmni_method.checkpoints import TMP_DIR_NAME, checkpoint_steps
 
-from helpers import evaluate_pipeline
+from helpers import evaluate_pipeline, ns_train_args
 
-BIN = Path(sys.executable).parent
 ITERATIONS = 120
 SAVE_EVERY = 20
 CD_RELATIVE_TOLERANCE = 0.02
 
 
 def command(data: Path, output: Path, *extra: str) -> List[str]:
-    exe = BIN / "ns-train"
-    if not exe.exists():
-        pytest.skip("ns-train not installed in this environment (run `make install`)")
-    return [
-        str(exe), "pmni-fast", "--data", str(data), "--output-dir", str(output),
-        "--max-num-iterations", str(ITERATIONS), "--steps-per-save", str(SAVE_EVERY),
-        "--vis", "tensorboard", "--viewer.quit-on-train-completion", "True", "--machine.device-type", "cpu",
-        "--pipeline.datamanager.train-num-rays-per-batch", "64", "--logging.local-writer.enable", "False",
-        *extra, "diligent-mv-data",
-    ]
+    return ns_train_args(data, output, *extra, iterations=ITERATIONS, save_every=SAVE_EVERY)
 
 
 def environment() -> dict:

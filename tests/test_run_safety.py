@@ -13,7 +13,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -22,27 +21,17 @@ import pytest
 import torch
 import yaml
 
-from helpers import tiny_config
+from helpers import ns_train_args, tiny_config
 from pmni_method import runlock, runner
 from pmni_method.checkpoints import RUN_INFO_KEY, TMP_DIR_NAME, checkpoint_steps
 from pmni_method.errors import EXIT_DIVERGED
 
 
-BIN = Path(sys.executable).parent
 ITERATIONS = 60
 
 
 def ns_train(data: Path, output: Path, *extra: str, iterations: int = ITERATIONS, save_every: int = 10) -> List[str]:
-    exe = BIN / "ns-train"
-    if not exe.exists():
-        pytest.skip("ns-train not installed in this environment (run `make install`)")
-    return [
-        str(exe), "pmni-fast", "--data", str(data), "--output-dir", str(output),
-        "--max-num-iterations", str(iterations), "--steps-per-save", str(save_every),
-        "--vis", "tensorboard", "--viewer.quit-on-train-completion", "True", "--machine.device-type", "cpu",
-        "--pipeline.datamanager.train-num-rays-per-batch", "64", "--logging.local-writer.enable", "False",
-        *extra, "diligent-mv-data",
-    ]
+    return ns_train_args(data, output, *extra, iterations=iterations, save_every=save_every)
 
 
 def environment() -> Dict[str, str]:
