@@ -124,11 +124,12 @@ def _run_order(run_dir: Path) -> Tuple[str, int]:
 
 def remove_stale_temporaries(tmp_dir: Path) -> None:
     """Delete checkpoint temporaries whose writer process is gone (a live writer's file is left alone)."""
-    import psutil
+    from pmni_method.staging import process_may_own  # the same "is its writer gone" rule as pmni-synth's staging
 
     if not tmp_dir.is_dir():
         return
     for path in tmp_dir.iterdir():
         match = TMP_SUFFIX.search(path.name)
-        if match is None or not psutil.pid_exists(int(match.group(1))) or int(match.group(1)) == os.getpid():
+        pid = int(match.group(1)) if match else None
+        if pid is None or pid == os.getpid() or not process_may_own(pid, path):
             path.unlink(missing_ok=True)

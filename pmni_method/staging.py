@@ -37,8 +37,8 @@ def staging_folder(output: Path, kind: str, pid: int) -> Path:
     return output.with_name(f".{output.name}.{kind}-{pid}")
 
 
-def _process_may_own(pid: int, folder: Path) -> bool:
-    """Whether process ``pid`` may still be writing ``folder``: it is alive and was started before the folder changed.
+def process_may_own(pid: int, folder: Path) -> bool:
+    """Whether process ``pid`` may still be writing ``folder`` (or a file): alive and started before it last changed.
 
     A dead process (or a zombie) cannot; neither can a live one started after the folder's last change, which only
     means the PID was reused. When in doubt (no permission to inspect the process), the folder is presumed in use.
@@ -77,7 +77,7 @@ def remove_stale_staging(output: Path, note: Optional[Callable[[str], None]] = N
         if match is None or entry.is_symlink() or not entry.is_dir():
             continue
         pid = int(match.group(2))
-        if pid == os.getpid() or _process_may_own(pid, entry):
+        if pid == os.getpid() or process_may_own(pid, entry):
             continue
         if match.group(1) == "old" and not os.path.lexists(output):
             os.replace(entry, output)
