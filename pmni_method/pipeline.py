@@ -109,10 +109,7 @@ class PMNIPipeline(VanillaPipeline):
         flush_event_writers()
 
     def _before_exit(self, trainer: Any) -> None:
-        writer.write_out_storage()
-        flush_event_writers()
-        if trainer is not None and hasattr(trainer, "shutdown"):
-            trainer.shutdown()
+        stop_early(trainer)
 
     # ------------------------------------------------------------------ logging
     def log_training_state(self, step: int) -> None:
@@ -197,6 +194,14 @@ class PMNIPipeline(VanillaPipeline):
 def loss_term_name(key: str) -> str:
     """``normal_loss`` -> ``normal``: the TensorBoard tag is ``Loss/normal``."""
     return key[: -len("_loss")] if key.endswith("_loss") else key
+
+
+def stop_early(trainer: Any) -> None:
+    """Before exiting mid-run (divergence, an interrupt): write out pending logs, flush TensorBoard, stop the viewer."""
+    writer.write_out_storage()
+    flush_event_writers()
+    if trainer is not None and hasattr(trainer, "shutdown"):
+        trainer.shutdown()
 
 
 def flush_event_writers() -> None:

@@ -32,7 +32,6 @@ import yaml
 from torch import Tensor
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
-from nerfstudio.utils import writer
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from pmni_method import runlock
@@ -247,8 +246,10 @@ class PMNITrainer(Trainer):
         if self._interrupt is None:
             return
         saved = self.save_checkpoint(step)
-        writer.write_out_storage()
-        self.shutdown()
+        # The same log flush and viewer stop as the divergence exit: an interrupted run keeps its TensorBoard tail.
+        from pmni_method.pipeline import stop_early
+
+        stop_early(self)
         if saved is None:
             print_error(f"interrupted at step {step}; the checkpoint could not be written")
         else:
