@@ -96,6 +96,7 @@ def run_config(data: Path, out: Path, run: str, iterations: int, downscale: int,
     if run.endswith("nomvc"):
         schedule = config.pipeline.model.core.loss_schedule
         schedule.stages = tuple(dataclasses.replace(stage, mvc=0.0) for stage in schedule.stages)
+        schedule.pose_free_mvc = 0.0  # or the one switch turns it back on for a pose-free start
     return config
 
 

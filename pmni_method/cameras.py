@@ -156,6 +156,19 @@ class Normalisation:
     """The affine map between the object's world units and the normalised unit sphere, from ``scale_mat``."""
 
     scale_mat: np.ndarray
+    world_units: bool = True
+    """False when the dataset gave no ``scale_mat`` (intrinsics only): "world" is then the normalised frame itself and
+    the object's true size is unknown, so meshes and poses carry no physical unit."""
+
+    @classmethod
+    def unknown_units(cls) -> "Normalisation":
+        """The identity map of a dataset without a ``scale_mat``: the normalised frame is all there is."""
+        return cls(np.eye(4), world_units=False)
+
+    @property
+    def units(self) -> str:
+        """How to read a length in the world frame, for metadata: ``"world"`` or ``"normalised (unknown scale)"``."""
+        return "world" if self.world_units else "normalised (unknown scale)"
 
     @property
     def linear(self) -> np.ndarray:
@@ -233,4 +246,14 @@ def downscale_intrinsics(K: np.ndarray, factor: int) -> np.ndarray:
     K[..., 1, :] /= factor
     K[..., 0, 2] -= (factor - 1) / (2.0 * factor)
     K[..., 1, 2] -= (factor - 1) / (2.0 * factor)
+    return K
+
+
+def upscale_intrinsics(K: np.ndarray, factor: int) -> np.ndarray:
+    """Inverse of :func:`downscale_intrinsics`: the intrinsics of the full-resolution images."""
+    K = np.array(K, dtype=np.float64, copy=True)
+    K[..., 0, 2] += (factor - 1) / (2.0 * factor)
+    K[..., 1, 2] += (factor - 1) / (2.0 * factor)
+    K[..., 0, :] *= factor
+    K[..., 1, :] *= factor
     return K

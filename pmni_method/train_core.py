@@ -34,14 +34,7 @@ from pmni_method.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, PMNIDataError, pri
 from pmni_method.models.consistency import MultiViewConsistencyConfig
 from pmni_method.models.core import PMNICore, core_config_for
 from pmni_method.models.pose_model import PoseModel, PoseModelConfig
-from pmni_method.models.presets import (
-    MAX_GRAD_NORMS,
-    CorePreset,
-    core_preset,
-    pose_free_gauge,
-    pose_free_stages,
-    with_iterations,
-)
+from pmni_method.models.presets import MAX_GRAD_NORMS, CorePreset, core_preset, pose_settings, with_iterations
 from pmni_method.models.step import StepContext, step_metrics, train_step
 
 PROG = "pmni_method.train_core"
@@ -70,24 +63,21 @@ def build_run(
     preset: CorePreset,
     data: MultiViewNormalData,
     device: torch.device | str = "cpu",
-    pose_init: str = "gt",
+    pose_init: Optional[str] = None,
     refine_poses: Optional[bool] = None,
     gauge: Optional[str] = None,
     seed: int = 0,
 ) -> CoreRun:
     """Core, ray store, pose model and optimiser for ``data``; pose refinement on for any start but ``gt`` (or as
-    ``refine_poses`` says), set up as the nerfstudio method's pose-free flag set does."""
-    refine = pose_init != "gt" if refine_poses is None else refine_poses
-    if refine:
-        preset.core.loss_schedule.stages = pose_free_stages(preset.core.loss_schedule.stages)
+    ``refine_poses`` says), decided by the same one switch as ``ns-train`` (:func:`presets.pose_settings`).
+    ``pose_init`` defaults to the start the data was loaded with."""
+    mode = "auto" if refine_poses is None else ("SE3" if refine_poses else "off")
+    pose_config, preset.core.loss_schedule = pose_settings(
+        PoseModelConfig(mode=mode, gauge=gauge or "auto"), preset.core.loss_schedule, pose_init or data.pose_init
+    )
     torch.manual_seed(seed)
     core = PMNICore(core_config_for(preset.core, data, device)).to(device)
     store = RayStore(data, device, seed=seed)
-    pose_config = PoseModelConfig(
-        mode="SE3" if refine else "off",
-        gauge=gauge or pose_free_gauge(pose_init),
-        recentre_on_masks=refine,
-    )
     pose_model = PoseModel(pose_config, c2w_init=data.c2w, K=data.K, masks=data.masks).to(device)
     uses_mvc = any(stage.mvc > 0 for stage in preset.core.loss_schedule.stages)
     context = StepContext(
@@ -160,7 +150,7 @@ def save_outputs(
         torch.save(state, f)
     run.core.eval()
     mesh = extract_mesh(lambda x: run.core.field.sdf(x)[:, 0], resolution=mesh_resolution, normalisation=data.normalisation)
-    mesh_path = write_mesh_atomic(mesh, output / "mesh.ply")
+    mesh_path = write_mesh_atomic(mesh, output / "mesh.ply", source={"units": data.normalisation.units, "step": step})
     metrics: Dict[str, Any] = dict(summary)
     alignment = None
     if run.context.refining:
@@ -196,6 +186,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--normal-dir", default="normal_world_space_GT")
     parser.add_argument("--pose-init", default="gt", choices=["gt", "noisy", "ring", "file"])
     parser.add_argument("--poses-file", type=Path, default=None, help="with --pose-init file")
+    parser.add_argument("--ring-elevation", type=float, default=25.0, help="ring: elevation guess in degrees")
+    parser.add_argument("--ring-radius", type=float, default=None, help="ring: default estimated from the masks")
+    parser.add_argument("--ring-reverse", action="store_true", help="ring: views go round the other way")
     parser.add_argument("--gauge", default=None, choices=["frozen-camera", "mean"], help="default: mean from a ring")
     parser.add_argument("--data-checks", default=None, choices=["error", "warn", "off"])
     parser.add_argument("--seed", type=int, default=0)
@@ -206,7 +199,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    pose_init = PoseInitConfig(pose_init=args.pose_init, poses_file=args.poses_file)
+    pose_init = PoseInitConfig(
+        pose_init=args.pose_init,
+        poses_file=args.poses_file,
+        ring_radius=args.ring_radius,
+        ring_elevation_deg=(args.ring_elevation, args.ring_elevation),
+        ring_reverse=args.ring_reverse,
+    )
     # Checks that need the stored poses are meaningless from a ring or a file start.
     checks = args.data_checks or ("warn" if args.pose_init in ("noisy", "ring", "file") else "error")
     try:
@@ -223,7 +222,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         preset = with_iterations(preset, args.iterations)
     if args.rays:
         preset.train_num_rays_per_batch = args.rays
-    run = build_run(preset, train, args.device, args.pose_init, gauge=args.gauge, seed=args.seed)
+    run = build_run(preset, train, args.device, gauge=args.gauge, seed=args.seed)
     start, skipped, losses = time.perf_counter(), 0, {}
     for step in range(preset.max_num_iterations):
         losses = optimise(run, step, log=lambda line: print(line, flush=True), log_every=args.log_every)

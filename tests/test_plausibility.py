@@ -259,10 +259,9 @@ def test_ring_and_file_starts_skip_checks_that_need_the_stored_poses(bunny_dir: 
     _placeholder_rotations(folder)
     assert "miss the unit sphere" in refusal(folder)  # as calibrated poses, placeholders are wrong
     ring = PoseInitConfig(pose_init="ring")
-    assert load_quietly(folder, pose_init=ring) == []
     assert load_quietly(folder, pose_init=ring, normal_dir=CAMERA) == []
     file = PoseInitConfig(pose_init="file", poses_file=bunny_dir / "cameras_sphere.npz")
-    assert load_quietly(folder, pose_init=file) == []
+    assert load_quietly(folder, pose_init=file, normal_dir=CAMERA) == []
     # Camera-space maps need no pose to be judged: a flipped one is refused from a ring start too.
     paths = edit_normals(folder, CAMERA, lambda n: -n)
     assert refusal(folder, pose_init=ring, normal_dir=CAMERA).startswith(f"{paths[0]}: ")
@@ -271,7 +270,7 @@ def test_ring_and_file_starts_skip_checks_that_need_the_stored_poses(bunny_dir: 
 def test_noisy_start_is_not_judged(bunny_dir: Path) -> None:
     # The checks see the stored (true) poses, not the perturbed start: 10 degrees off would fail every view.
     noisy = PoseInitConfig(pose_init="noisy", pose_noise_rotation_deg=10.0, pose_noise_distribution="fixed")
-    assert load_quietly(bunny_dir, pose_init=noisy) == []
+    assert load_quietly(bunny_dir, pose_init=noisy, normal_dir=CAMERA) == []
 
 
 # ------------------------------------------------------------------------------------------------ dataparser

@@ -144,21 +144,42 @@ def test_pmni_eval_poses_undo_a_similarity(bunny_dir: Path, tmp_path: Path, caps
     assert len(err) == 2 and "--no-align-to-poses" in err[0] and "none.json" in err[1]
 
 
-def test_pose_free_flag_set_turns_consistency_on_wherever_normals_train() -> None:
+def test_one_switch_equals_the_explicit_flag_set() -> None:
+    from pmni_method.models.presets import pose_settings
     from pmni_method.nerfstudio_adapter.presets import make_pose_free
     from pmni_method.pmni_config import trainer_config
 
+    def resolved(config, pose_init):
+        model = config.pipeline.model
+        return pose_settings(model.camera_optimizer, model.core.loss_schedule, pose_init)
+
     for name in ("pmni-fast", "pmni"):
-        config = make_pose_free(trainer_config(name), "ring")
-        assert config.pipeline.model.camera_optimizer.mode == "SE3"
-        assert config.pipeline.model.camera_optimizer.gauge == "mean"  # a ring start: its frozen camera is far off
-        noisy = make_pose_free(trainer_config(name), "noisy")
-        assert noisy.pipeline.model.camera_optimizer.gauge == "frozen-camera"
+        for start, gauge in (("ring", "mean"), ("noisy", "frozen-camera"), ("file", "frozen-camera")):
+            switch = make_pose_free(trainer_config(name), start)
+            assert switch.pipeline.datamanager.dataparser.pose_init == start
+            assert switch.pipeline.model.camera_optimizer.mode == "auto"  # config.yml keeps the switch itself
+            explicit = trainer_config(name)
+            flags = explicit.pipeline.model.camera_optimizer
+            flags.mode, flags.recentre_on_masks, flags.gauge = "SE3", True, gauge
+            schedule = explicit.pipeline.model.core.loss_schedule
+            schedule.stages = tuple(
+                dataclasses.replace(s, mvc=max(s.mvc, 1.0)) if s.normal > 0 else s for s in schedule.stages
+            )
+            pose, stages = resolved(switch, start)
+            pose_explicit, stages_explicit = resolved(explicit, start)
+            assert pose == pose_explicit and stages == stages_explicit, (start, pose, pose_explicit)
+            assert pose.mode == "SE3" and pose.recentre_on_masks and pose.gauge == gauge
+            assert all(stage.mvc >= 1.0 for stage in stages.stages if stage.normal > 0), stages
+            assert all(stage.mvc == 0.0 for stage in stages.stages if stage.normal == 0), stages
+        # gt stays calibrated; explicit settings beat the switch.
+        pose, stages = resolved(trainer_config(name), "gt")
+        assert pose.mode == "off" and stages == trainer_config(name).pipeline.model.core.loss_schedule
         assert make_pose_free(trainer_config(name), "noisy", gauge="mean").pipeline.model.camera_optimizer.gauge == "mean"
-        assert config.pipeline.datamanager.dataparser.pose_init == "ring"
-        stages = config.pipeline.model.core.loss_schedule.stages
-        assert all(stage.mvc >= 1.0 for stage in stages if stage.normal > 0), stages
-        assert all(stage.mvc == 0.0 for stage in stages if stage.normal == 0), stages
+        off = make_pose_free(trainer_config(name), "ring")
+        off.pipeline.model.camera_optimizer.mode = "off"
+        assert resolved(off, "ring")[0].mode == "off"
+        no_mvc = make_pose_free(trainer_config(name), "ring", mvc_weight=0.0)
+        assert resolved(no_mvc, "ring")[1].stages == trainer_config(name).pipeline.model.core.loss_schedule.stages
     # The calibrated presets keep the consistency term for their last stage only.
     calibrated = trainer_config("pmni-fast").pipeline.model.core.loss_schedule.stages
     assert [stage.mvc > 0 for stage in calibrated] == [False, False, True]

@@ -11,6 +11,7 @@ from scipy.spatial.transform import Rotation
 
 from pmni_method import cameras, synth
 from pmni_method.data.diligent_mv import load_diligent_mv
+from pmni_method.data.layout import CAMERA_NORMAL_DIR
 from pmni_method.errors import PMNIDataError
 from pmni_method.npz import write_npz
 from pmni_method.poses import starts
@@ -280,6 +281,7 @@ def test_noisy_init_through_dataparser(bunny_dir: Path) -> None:
         pose_noise_seed=11,
         pose_noise_distribution="fixed",
         load_depth=False,
+        normal_dir=CAMERA_NORMAL_DIR,
     )
     parser = config.setup()
     train, test = parser.get_dataparser_outputs("train"), parser.get_dataparser_outputs("test")
@@ -300,7 +302,8 @@ def test_noisy_init_through_dataparser(bunny_dir: Path) -> None:
 
     # The default half-normal draw is reproducible and has the requested scale (8 views: loose bounds).
     half = load_diligent_mv(
-        bunny_dir, load_depth=False, pose_init=PoseInitConfig(pose_init="noisy", pose_noise_rotation_deg=6.0)
+        bunny_dir, load_depth=False, pose_init=PoseInitConfig(pose_init="noisy", pose_noise_rotation_deg=6.0),
+        normal_dir=CAMERA_NORMAL_DIR,
     )
     np.testing.assert_array_equal(half.c2w, perturb_poses(clean.c2w, 6.0, 0.05, 0, distance))
     angles = rotation_errors_deg(half.c2w, half.gt_c2w)
@@ -311,7 +314,8 @@ def test_noisy_init_perturbs_the_true_poses(make_tiny_dataset, sphere_mesh_path:
     folder = make_tiny_dataset(sphere_mesh_path, width=32, height=32, pose_rotation_noise_deg=5.0)
     stored = load_diligent_mv(folder, load_depth=False)
     noisy = load_diligent_mv(
-        folder, load_depth=False, pose_init=PoseInitConfig(pose_init="noisy", pose_noise_distribution="fixed")
+        folder, load_depth=False, pose_init=PoseInitConfig(pose_init="noisy", pose_noise_distribution="fixed"),
+        normal_dir=CAMERA_NORMAL_DIR,
     )
     np.testing.assert_allclose(noisy.gt_c2w, stored.gt_c2w)
     np.testing.assert_allclose(rotation_errors_deg(noisy.c2w, stored.gt_c2w), 5.0, atol=1e-6)
@@ -319,17 +323,20 @@ def test_noisy_init_perturbs_the_true_poses(make_tiny_dataset, sphere_mesh_path:
 
 def test_ring_init_through_loader(bunny_dir: Path) -> None:
     clean = load_diligent_mv(bunny_dir, load_depth=False)
+    distance = float(np.linalg.norm(clean.c2w[:, :3, 3], axis=1).mean())
     # pmni-synth's rig is a ring at 10 degrees elevation starting on +z around +y: the ring guess reproduces it.
     data = load_diligent_mv(
-        bunny_dir, load_depth=False, pose_init=PoseInitConfig(pose_init="ring", ring_elevation_deg=(10.0, 10.0))
+        bunny_dir, load_depth=False, normal_dir=CAMERA_NORMAL_DIR,
+        pose_init=PoseInitConfig(pose_init="ring", ring_elevation_deg=(10.0, 10.0), ring_radius=distance),
     )
-    assert data.view_ids == clean.view_ids and data.c2w.shape == (8, 4, 4)
+    assert data.view_ids == clean.view_ids and data.c2w.shape == (8, 4, 4) and data.pose_init == "ring"
     np.testing.assert_array_equal(data.K, clean.K)
     np.testing.assert_allclose(data.gt_c2w, clean.c2w)
     np.testing.assert_allclose(data.c2w, clean.c2w, atol=1e-6)
     # A flat ring of another radius is a different start, but a similarity away in centres only.
     flat = load_diligent_mv(
-        bunny_dir, load_depth=False, pose_init=PoseInitConfig(pose_init="ring", ring_radius=5.0), downscale_factor=2
+        bunny_dir, load_depth=False, pose_init=PoseInitConfig(pose_init="ring", ring_radius=5.0), downscale_factor=2,
+        normal_dir=CAMERA_NORMAL_DIR,
     )
     np.testing.assert_allclose(np.linalg.norm(flat.c2w[:, :3, 3], axis=1), 5.0)
     np.testing.assert_allclose(flat.K, cameras.downscale_intrinsics(clean.K, 2))
@@ -344,12 +351,15 @@ def test_file_init_through_loader(bunny_dir: Path, tmp_path: Path) -> None:
     world[:, :3, 3] = norm.to_world(clean.c2w[:, :3, 3])
     path = tmp_path / "sfm.json"
     path.write_text(json.dumps([{"view": v, "c2w": c.tolist()} for v, c in zip(clean.view_ids, world)]))
-    data = load_diligent_mv(bunny_dir, load_depth=False, pose_init=PoseInitConfig(pose_init="file", poses_file=path))
+    data = load_diligent_mv(
+        bunny_dir, load_depth=False, pose_init=PoseInitConfig(pose_init="file", poses_file=path),
+        normal_dir=CAMERA_NORMAL_DIR,
+    )
     np.testing.assert_allclose(data.c2w, clean.c2w, atol=1e-9)
     np.testing.assert_allclose(data.gt_c2w, clean.c2w)
     # cameras_sphere.npz itself is a valid poses file.
     options = PoseInitConfig(pose_init="file", poses_file=bunny_dir / "cameras_sphere.npz")
-    same = load_diligent_mv(bunny_dir, load_depth=False, pose_init=options)
+    same = load_diligent_mv(bunny_dir, load_depth=False, pose_init=options, normal_dir=CAMERA_NORMAL_DIR)
     np.testing.assert_allclose(same.c2w, clean.c2w, atol=1e-9)
 
 
@@ -365,7 +375,7 @@ def test_file_init_through_loader(bunny_dir: Path, tmp_path: Path) -> None:
 )
 def test_bad_pose_options(bunny_dir: Path, options: dict, problem: str) -> None:
     with pytest.raises(PMNIDataError, match=problem) as info:
-        load_diligent_mv(bunny_dir, load_depth=False, pose_init=PoseInitConfig(**options))
+        load_diligent_mv(bunny_dir, load_depth=False, pose_init=PoseInitConfig(**options), normal_dir=CAMERA_NORMAL_DIR)
     assert "\n" not in str(info.value)
 
 
@@ -374,7 +384,9 @@ def test_bad_poses_file_through_dataparser_is_one_red_line(bunny_dir: Path, tmp_
 
     bad = tmp_path / "bad.npy"
     np.save(bad, np.zeros((3, 4, 4)))
-    parser = DiligentMVDataParserConfig(data=bunny_dir, pose_init="file", poses_file=bad, load_depth=False).setup()
+    parser = DiligentMVDataParserConfig(
+        data=bunny_dir, pose_init="file", poses_file=bad, load_depth=False, normal_dir=CAMERA_NORMAL_DIR
+    ).setup()
     with pytest.raises(SystemExit) as info:
         parser.get_dataparser_outputs("train")
     assert info.value.code == 2

@@ -3,6 +3,8 @@
 Layout::
 
     <data_dir>/cameras_sphere.npz         world_mat_<i> (K[R|t], world -> pixels), scale_mat_<i> (normalised -> world)
+                                          or, pose-free: intrinsics_<i> / K_<i> (optional scale_mat_<i>), or
+    <data_dir>/K.txt | intrinsics.json    intrinsics only (see pmni_method.data.layout)
     <data_dir>/cameras_gt.npz             optional, same keys: true poses when the stored ones are perturbed
     <data_dir>/<normal_dir>/*.exr|png|npy normal maps (world or camera space)
     <data_dir>/mask/*.png                 foreground masks
@@ -30,8 +32,8 @@ import scipy.ndimage
 
 from pmni_method import cameras
 from pmni_method.data import io, plausibility
-from pmni_method.data.camera_file import check_camera_views, read_cameras
-from pmni_method.data.layout import CAMERAS_FILE, DEPTH_DIR, GT_CAMERAS_FILE, GT_MESH_FILE, MASK_DIR, WORLD_NORMAL_DIR
+from pmni_method.data.camera_file import read_cameras, read_dataset_cameras
+from pmni_method.data.layout import DEPTH_DIR, GT_CAMERAS_FILE, GT_MESH_FILE, MASK_DIR, WORLD_NORMAL_DIR
 from pmni_method.data.types import MultiViewNormalData
 from pmni_method.errors import PMNIDataError, format_views
 from pmni_method.npz import read_npz
@@ -174,18 +176,20 @@ def load_diligent_mv(
     space = resolve_normal_space(normal_dir, normal_space)
     checks = plausibility.PlausibilityChecks(mode=data_checks)
 
-    camera_path = data_dir / CAMERAS_FILE
-    if not camera_path.is_file():
-        raise _error(camera_path, "camera file not found")
     normal_files = find_normal_maps(data_dir, normal_dir)
     mask_files = index_folder(data_dir / MASK_DIR, io.MASK_SUFFIXES)
     _check_same_views(data_dir, {normal_dir: normal_files, MASK_DIR: mask_files})
     view_ids = sorted(normal_files)
-    camera_arrays = read_npz(camera_path)
-    check_camera_views(camera_path, camera_arrays, view_ids)
-
-    K, c2w, c2w_world, scale_mat = read_cameras(camera_path, camera_arrays, view_ids)
-    normalisation = cameras.Normalisation(scale_mat)
+    pose_init = pose_init if pose_init is not None else PoseInitConfig()
+    if space == "world" and pose_init.pose_init != "gt":
+        raise _error(
+            data_dir / normal_dir,
+            f"world-space normal maps are tied to the true camera frame and cannot follow a {pose_init.pose_init!r} "
+            "start's poses; pass camera-space maps (--normal-dir normal_camera_space_GT, or --normal-space camera)",
+        )
+    cams = read_dataset_cameras(data_dir, view_ids)
+    camera_path, K, normalisation = cams.path, cams.K, cams.normalisation
+    c2w, c2w_world = cams.c2w, cams.c2w_world
     gt_c2w = None
     # The plausibility checks judge the dataset's own poses, never a pose-init start: the true ones when
     # cameras_gt.npz has them, else the stored ones, unless a ring or file start says those may be placeholders
@@ -193,25 +197,36 @@ def load_diligent_mv(
     check_c2w: Optional[np.ndarray] = c2w
     check_c2w_world: Optional[np.ndarray] = c2w_world
     if (data_dir / GT_CAMERAS_FILE).is_file():
+        # True poses for evaluation only; an intrinsics-only dataset's are read in their own world frame.
         gt_path = data_dir / GT_CAMERAS_FILE
-        _, gt_c2w, check_c2w_world, _ = read_cameras(gt_path, read_npz(gt_path), view_ids, scale_mat=scale_mat)
-        check_c2w = gt_c2w
-    pose_init = pose_init if pose_init is not None else PoseInitConfig()
+        gt_arrays = read_npz(gt_path)
+        _, gt_c2w, check_c2w_world, _ = read_cameras(
+            gt_path, gt_arrays, view_ids, scale_mat=normalisation.scale_mat if cams.has_poses else None
+        )
+        check_c2w = gt_c2w if cams.has_poses else None
+        check_c2w_world = check_c2w_world if cams.has_poses else None
     if gt_c2w is None and pose_init.pose_init in ("ring", "file"):
         check_c2w = check_c2w_world = None
-    # Chosen before any image is read, so that a bad pose option or poses file fails fast.
-    init_c2w = initial_poses(pose_init, c2w, gt_c2w if gt_c2w is not None else c2w, view_ids, normalisation)
-    if pose_init.pose_init != "gt" and gt_c2w is None:
+
+    masks_list = []
+    for view in view_ids:
+        mask = io.read_mask(mask_files[view])
+        if not mask.any():
+            raise _error(mask_files[view], "mask is empty (no foreground pixel)")
+        masks_list.append(mask)
+    # A ring or file start is placed by the masks and intrinsics, never by the stored poses.
+    c2w_init = initial_poses(pose_init, c2w, gt_c2w if gt_c2w is not None else c2w, view_ids, normalisation, K, masks_list)
+    if pose_init.pose_init != "gt" and gt_c2w is None and c2w is not None:
         # A clean dataset's stored poses are the truth that noisy / ring / file runs are scored against.
         gt_c2w = c2w
-    c2w = init_c2w
     # Camera-space normals go into the world with the starting poses; "gt" keeps the stored matrices bit for bit.
-    normal_c2w_world = c2w_world if pose_init.pose_init == "gt" else normalisation.c2w_to_world(c2w)
+    normal_c2w_world = c2w_world if pose_init.pose_init == "gt" else normalisation.c2w_to_world(c2w_init)
+    c2w = c2w_init
 
-    normals_list, masks_list = [], []
+    normals_list = []
     shape: Optional[Tuple[int, int]] = None
     for pos, view in enumerate(view_ids):
-        mask = io.read_mask(mask_files[view])
+        mask = masks_list[pos]
         normals = io.read_normal_map(normal_files[view])
         if normals.shape[:2] != mask.shape:
             raise _error(
@@ -227,8 +242,6 @@ def load_diligent_mv(
                 f"image is {mask.shape[1]}x{mask.shape[0]} but view {view_ids[0]} is {shape[1]}x{shape[0]}; "
                 "all views must have one resolution",
             )
-        if not mask.any():
-            raise _error(mask_files[view], "mask is empty (no foreground pixel)")
         normals = _check_and_repair_normals(normal_files[view], normals, mask)
         if checks.enabled and (space == "camera" or check_c2w_world is not None):
             # Camera-space maps are judged by the intrinsics alone; world-space ones through the checked pose.
@@ -238,7 +251,6 @@ def load_diligent_mv(
             normals = cameras.camera_normals_to_world(normals, normal_c2w_world[pos])
         normals = np.where(mask[..., None], normalisation.normals_to_normalised(normals), 0.0)
         normals_list.append(normals.astype(np.float32))
-        masks_list.append(mask)
     normals_all = np.stack(normals_list)
     masks_all = np.stack(masks_list)
     if checks.enabled:
@@ -267,6 +279,7 @@ def load_diligent_mv(
         depths=None if depths is None else depths.astype(np.float32),
         gt_mesh=data_dir / GT_MESH_FILE if (data_dir / GT_MESH_FILE).is_file() else None,
         gt_c2w=gt_c2w,
+        pose_init=pose_init.pose_init,
         normal_space=space,
     )
 

@@ -2,6 +2,11 @@
 
 CAMERAS_FILE = "cameras_sphere.npz"
 """world_mat_<i> (K [R | t], world -> pixels) and scale_mat_<i> (normalised unit sphere -> world) per view."""
+INTRINSICS_TXT = "K.txt"
+"""Intrinsics only (PMNI's own-object layout): one 3x3 K for every view, whitespace-separated; no poses."""
+INTRINSICS_JSON = "intrinsics.json"
+"""Intrinsics only: ``{"K": 3x3}`` for every view or ``{"views": [{"view": i, "K": 3x3}]}``; optional
+``"scale_mat"`` (4x4, normalised unit sphere -> world) when the object's size is known."""
 GT_CAMERAS_FILE = "cameras_gt.npz"
 """Optional, same keys: the true cameras when those in :data:`CAMERAS_FILE` are perturbed."""
 WORLD_NORMAL_DIR = "normal_world_space_GT"

@@ -35,6 +35,8 @@ class MultiViewNormalData:
     """Ground-truth mesh in world units, if the dataset has one."""
     gt_c2w: Optional[np.ndarray] = None
     """(N, 4, 4) true OpenCV camera-to-world (normalised frame), when the stored poses are known to be perturbed."""
+    pose_init: str = "gt"
+    """The start ``c2w`` came from (:data:`pmni_method.poses.starts.POSE_INITS`); any but "gt" trains pose-free."""
     normal_space: Literal["world", "camera"] = "world"
     """Frame the maps were given in. Camera-space maps are rotated into the world with the initial poses ``c2w``,
     so they follow pose corrections; world-space maps are tied to the true world frame."""
@@ -65,5 +67,6 @@ class MultiViewNormalData:
             depths=None if self.depths is None else self.depths[idx],
             gt_mesh=self.gt_mesh,
             gt_c2w=None if self.gt_c2w is None else self.gt_c2w[idx],
+            pose_init=self.pose_init,
             normal_space=self.normal_space,
         )

@@ -53,8 +53,9 @@ class PoseModelConfig:
 
     _target: Type = field(default_factory=lambda: PoseModel)
     """Target class to instantiate."""
-    mode: Literal["off", "SE3"] = "off"
-    """off: poses stay as loaded; SE3: one left-applied se(3) correction per training camera (param group camera_opt)."""
+    mode: Literal["auto", "off", "SE3"] = "auto"
+    """auto: SE3 for any start but --pose-init gt (pose-free), else off; off: poses stay as loaded; SE3: one
+    left-applied se(3) correction per training camera (param group camera_opt)."""
     trans_l2_penalty: float = 0.0
     """Weight of the mean norm of the corrections' translation parts (0: a pose-free run must be free to move far)."""
     rot_l2_penalty: float = 0.0
@@ -64,14 +65,15 @@ class PoseModelConfig:
     from the origin. A unit of translation then shifts the image about as much as a radian of rotation does, so
     Adam, which steps every coordinate at the same rate, moves a camera about its own centre (translation = distance
     x angle) as readily as about the object."""
-    gauge: Literal["frozen-camera", "mean"] = "frozen-camera"
+    gauge: Literal["auto", "frozen-camera", "mean"] = "auto"
     """How the unobservable global motion is fixed. frozen-camera: one camera never moves (PMNI). mean: every camera
-    moves and the corrections are taken relative to their mean, so no camera's initial error anchors the others."""
+    moves and the corrections are taken relative to their mean, so no camera's initial error anchors the others.
+    auto: by the start (presets.pose_free_gauge: mean from a ring, else frozen-camera)."""
     frozen_camera: int = 0
     """With gauge frozen-camera: the training camera whose correction stays exactly the identity; negative counts
     from the end."""
-    recentre_on_masks: bool = False
-    """Before training, turn each camera about its own centre so that its mask centroid looks at the origin (the
+    recentre_on_masks: Optional[bool] = None
+    """None: on for a pose-free start (any but gt) when refining. Before training, turn each camera about its own centre so that its mask centroid looks at the origin (the
     object centre of the normalised frame). Pose-free starts can be off by more than the object's angular size, so
     that foreground rays miss the scene sphere and give no gradient; this brings every view onto the object."""
 
@@ -137,7 +139,8 @@ class PoseModel(nn.Module):
             raise ValueError("the pose model needs the initial camera-to-worlds (c2w_init) or at least num_cameras")
         self.num_cameras = int(len(c2w_init) if c2w_init is not None else num_cameras)
         if config.mode not in ("off", "SE3"):
-            raise ValueError(f"camera_optimizer.mode must be 'off' or 'SE3' for pmni, not {config.mode!r}")
+            # "auto" (and gauge / recentring left to the start) is decided by presets.pose_settings first.
+            raise ValueError(f"camera_optimizer.mode must be 'off' or 'SE3' for pmni here, not {config.mode!r}")
         if not self.enabled:
             return
         if c2w_init is None:

@@ -3,15 +3,13 @@
 Everything here is nerfstudio-free (plain training loops, benchmarks, a GPU box without nerfstudio);
 :mod:`pmni_method.nerfstudio_adapter.presets` builds the nerfstudio objects from it.
 
-Pose-free training is any preset plus pose refinement; on the command line::
+Pose-free training is any preset started from anything but the calibrated poses; on the command line::
 
-    ns-train pmni-fast --pipeline.model.camera-optimizer.mode SE3 \
-        --pipeline.model.camera-optimizer.recentre-on-masks True \
-        --pipeline.model.core.loss-schedule.stages.1.mvc 1.0 \
-        diligent-mv-data --data DIR --normal-dir normal_camera_space_GT --pose-init noisy   # or file
-    # a ring start also takes --pipeline.model.camera-optimizer.gauge mean (before diligent-mv-data)
+    ns-train pmni-fast diligent-mv-data --data DIR --normal-dir normal_camera_space_GT --pose-init ring  # or noisy, file
 
-Use camera-space normal maps: world-space maps are tied to the true world frame, so they cannot follow the poses.
+:func:`pose_settings` turns on what that needs (refinement, the gauge by start, recentring, the consistency term);
+explicit ``--pipeline.model.camera-optimizer.*`` flags still override it. World-space normal maps are tied to the
+true world frame, so they cannot follow the poses: the loader refuses them with any start but ``gt``.
 """
 
 from __future__ import annotations
@@ -22,6 +20,7 @@ from typing import Dict, Optional, Tuple
 
 from pmni_method.fields.sdf_field import SDFFieldConfig
 from pmni_method.models.core import PMNICoreConfig
+from pmni_method.models.pose_model import PoseModelConfig
 from pmni_method.models.sampler import OccupancySamplerConfig
 from pmni_method.models.schedule import (
     LossScheduleConfig,
@@ -175,6 +174,30 @@ def pose_free_stages(stages: Tuple[LossStage, ...], mvc_weight: float = 1.0) -> 
     return tuple(replace(stage, mvc=max(stage.mvc, mvc_weight)) if stage.normal > 0 else stage for stage in stages)
 
 
+def pose_settings(
+    pose: PoseModelConfig, schedule: LossScheduleConfig, pose_init: str
+) -> Tuple[PoseModelConfig, LossScheduleConfig]:
+    """The pose model and loss schedule a run from ``pose_init`` trains with: copies with every ``auto`` decided.
+
+    This is the one switch: any start but ``gt`` refines the poses (mode ``SE3``), fixes the gauge by the start,
+    recentres each camera on its mask and turns the consistency term on wherever normals train; ``gt`` stays
+    calibrated. Settings given explicitly are kept (``mode SE3`` from ``gt`` refines calibrated poses, ``mode off``
+    from a ring trains on the ring as it is, ``pose_free_mvc 0`` leaves the stages alone).
+    """
+    refine = pose.mode == "SE3" or (pose.mode == "auto" and pose_init != "gt")
+    recentre = pose.recentre_on_masks
+    pose = replace(
+        pose,
+        mode="SE3" if refine else "off",
+        gauge=pose_free_gauge(pose_init) if pose.gauge == "auto" else pose.gauge,
+        recentre_on_masks=(refine and pose_init != "gt") if recentre is None else bool(recentre),
+    )
+    if refine:
+        # getattr: schedules saved in a config.yml before the field existed.
+        schedule = replace(schedule, stages=pose_free_stages(schedule.stages, getattr(schedule, "pose_free_mvc", 1.0)))
+    return pose, schedule
+
+
 def with_iterations(preset: CorePreset, iterations: int) -> CorePreset:
     """A copy of the preset rescaled to another run length (every schedule follows)."""
     out = copy.deepcopy(preset)
@@ -191,5 +214,6 @@ __all__ = [
     "core_preset",
     "pose_free_gauge",
     "pose_free_stages",
+    "pose_settings",
     "with_iterations",
 ]

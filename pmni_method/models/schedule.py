@@ -70,6 +70,9 @@ class LossScheduleConfig:
     """Length of the run the stage fractions refer to (the trainer's iteration count)."""
     no_depth_normal_weight: float = 1.0
     """Normal weight used, when the data has no depth, in stages whose normal weight is zero."""
+    pose_free_mvc: float = 1.0
+    """When the poses are refined: the multi-view consistency weight (at least) in every stage that trains normals;
+    0 leaves the stages as they are."""
 
     def stage_at(self, step: int) -> LossStage:
         progress = step / max(self.total_steps, 1)

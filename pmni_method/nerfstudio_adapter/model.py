@@ -33,6 +33,7 @@ from pmni_method.models import step as core_step
 from pmni_method.models.consistency import MultiViewConsistencyConfig
 from pmni_method.models.core import PMNICore, PMNICoreConfig, core_config_for, normal_angular_error_deg
 from pmni_method.models.pose_polish import PosePolishConfig, PosePolisher
+from pmni_method.models.presets import pose_settings
 from pmni_method.models.schedule import LRScheduleConfig
 from pmni_method.nerfstudio_adapter.pose_adapter import PoseRefiner, PoseRefinerConfig
 
@@ -80,12 +81,18 @@ class PMNIModel(Model):
     def populate_modules(self) -> None:
         super().populate_modules()
         device = self.kwargs.get("device")
-        core_config = core_config_for(self.config.core, self.training_data, device, self.config.init_radius_from_masks)
+        data = self.training_data
+        # The one switch: the dataparser's start decides what is left on auto (refinement, gauge, recentring,
+        # consistency). Resolved into copies, so config.yml keeps "auto" and a reload decides the same way.
+        pose_config, schedule = pose_settings(
+            self.config.camera_optimizer, self.config.core.loss_schedule, "gt" if data is None else data.pose_init
+        )
+        self.resolved_core_config = dataclasses.replace(self.config.core, loss_schedule=schedule)
+        core_config = core_config_for(self.resolved_core_config, data, device, self.config.init_radius_from_masks)
         self.core = PMNICore(core_config)
         # Used by nerfstudio's texture export (get_rgba_image): our rgb is already composited over a fixed grey.
         self.renderer_rgb = RGBRenderer(background_color="black")
-        data = self.training_data
-        self.camera_optimizer: CameraOptimizer = self.config.camera_optimizer.setup(
+        self.camera_optimizer: CameraOptimizer = pose_config.setup(
             num_cameras=self.num_train_data,
             device="cpu",
             c2w_init=None if data is None else data.c2w,
@@ -96,7 +103,7 @@ class PMNIModel(Model):
             self.config.normal_targets_follow_poses == "auto" and data is not None and data.normal_space == "camera"
         )
         views: Optional[TrainingViews] = None
-        if data is not None and any(stage.mvc > 0 for stage in self.config.core.loss_schedule.stages):
+        if data is not None and any(stage.mvc > 0 for stage in schedule.stages):
             store = self.training_rays
             # The datamanager's ray store holds the views on the training device; a model built without one (tests)
             # makes its own.

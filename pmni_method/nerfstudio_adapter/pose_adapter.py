@@ -35,8 +35,9 @@ class PoseRefinerConfig(PoseModelConfig, CameraOptimizerConfig):
 
     _target: Type = field(default_factory=lambda: PoseRefiner)
     """Target class to instantiate."""
-    mode: Literal["off", "SE3"] = "off"
-    """off: poses stay as loaded; SE3: one left-applied se(3) correction per training camera (param group camera_opt)."""
+    mode: Literal["auto", "off", "SE3"] = "auto"
+    """auto: SE3 for any start but --pose-init gt (pose-free), else off; off: poses stay as loaded; SE3: one
+    left-applied se(3) correction per training camera (param group camera_opt)."""
 
 
 class PoseRefiner(CameraOptimizer):

@@ -1,5 +1,5 @@
 """nerfstudio objects of the presets in :mod:`pmni_method.models.presets`: model config, optimisers, run settings,
-and the pose-free flag set on a ``TrainerConfig``."""
+and a pose-free start on a ``TrainerConfig``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any, Dict, Optional
 
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 
-from pmni_method.models.presets import core_preset, pose_free_gauge, pose_free_stages
+from pmni_method.data.layout import CAMERA_NORMAL_DIR
+from pmni_method.models.presets import core_preset
 from pmni_method.nerfstudio_adapter.model import PMNIModelConfig, WarmupCosineSchedulerConfig
 
 
@@ -46,25 +47,21 @@ def run_settings(name: str) -> Dict[str, int]:
 def make_pose_free(
     config: Any,
     pose_init: str = "noisy",
-    normal_dir: str = "normal_camera_space_GT",
-    mvc_weight: float = 1.0,
+    normal_dir: str = CAMERA_NORMAL_DIR,
+    mvc_weight: Optional[float] = None,
     gauge: Optional[str] = None,
 ) -> Any:
-    """Turn a pmni ``TrainerConfig`` into a pose-free run (the flag set in this module's docstring), in place.
+    """Turn a pmni ``TrainerConfig`` into a pose-free run, in place: what ``--pose-init`` on the command line does.
 
-    Pose refinement on (left SE(3) per camera; ``gauge`` ``frozen-camera`` freezes camera 0 as PMNI does, ``mean``
-    moves every camera relative to their mean; None: ``mean`` for a ring start, ``frozen-camera`` otherwise), every
-    camera first recentred on its mask, poses started from ``pose_init`` (``noisy``, ``ring`` or ``file``; ``gt``
-    refines calibrated poses), camera-space normal maps from ``normal_dir`` so that the normal targets turn with the
-    poses, and the multi-view consistency term at ``mvc_weight`` in every stage that trains normals.
+    The start (``noisy``, ``ring`` or ``file``; ``gt`` stays calibrated) and camera-space normal maps from
+    ``normal_dir`` (so that the normal targets turn with the poses) are all it sets; the model decides the rest from
+    the start (:func:`pmni_method.models.presets.pose_settings`). ``gauge`` and ``mvc_weight`` override that choice.
     """
-    model = config.pipeline.model
-    model.camera_optimizer.mode = "SE3"
-    model.camera_optimizer.recentre_on_masks = True
-    model.camera_optimizer.gauge = pose_free_gauge(pose_init) if gauge is None else gauge
-    schedule = model.core.loss_schedule
-    schedule.stages = pose_free_stages(schedule.stages, mvc_weight)
     parser = config.pipeline.datamanager.dataparser
     parser.pose_init = pose_init
     parser.normal_dir = normal_dir
+    if gauge is not None:
+        config.pipeline.model.camera_optimizer.gauge = gauge
+    if mvc_weight is not None:
+        config.pipeline.model.core.loss_schedule.pose_free_mvc = float(mvc_weight)
     return config

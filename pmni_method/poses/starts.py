@@ -16,6 +16,7 @@ from scipy.spatial.transform import Rotation
 from pmni_method import cameras
 from pmni_method.errors import PMNIDataError
 from pmni_method.poses.files import load_poses_file
+from pmni_method.poses.from_masks import apply_similarity, estimate_camera_distance, normalise_start
 from pmni_method.poses.maths import camera_distances
 
 PoseInit = Literal["gt", "noisy", "ring", "file"]
@@ -121,7 +122,8 @@ class PoseInitConfig:
     """How the poses training starts from are chosen; ``diligent-mv-data`` inherits these fields as its flags."""
 
     pose_init: PoseInit = "gt"
-    """Start poses: gt = cameras_sphere.npz as is; noisy = true poses + noise; ring = turntable; file = poses_file."""
+    """Start poses: gt = cameras_sphere.npz as is (calibrated); noisy = true poses + noise; ring = turntable guessed
+    from the masks; file = poses_file. Any start but gt trains pose-free (refinement, recentring, consistency)."""
     pose_noise_rotation_deg: float = 5.0
     """noisy: rotation noise in degrees (half-normal scale, or the exact angle with the fixed distribution)."""
     pose_noise_translation: float = 0.05
@@ -131,31 +133,38 @@ class PoseInitConfig:
     pose_noise_distribution: PoseNoiseDistribution = "half-normal"
     """noisy: half-normal = angle |N(0, s)| and Gaussian offsets; fixed = the same exact angle and offset per view."""
     ring_radius: Optional[float] = None
-    """ring: camera distance from the origin in normalised units; None = mean camera distance of the file's poses."""
-    ring_elevation_deg: Tuple[float, float] = (0.0, 0.0)
-    """ring: elevation above the ring plane in degrees, (min, max) spread linearly over the views in order."""
+    """ring: camera distance from the origin in normalised units; None = estimated from the masks and focal length
+    (the object assumed to fill the unit sphere)."""
+    ring_elevation_deg: Tuple[float, float] = (25.0, 25.0)
+    """ring: elevation above the ring plane in degrees (PMNI: 25), (min, max) spread linearly over the views in order."""
     ring_up: Tuple[float, float, float] = (0.0, 1.0, 0.0)
     """ring: turntable axis and image-up direction in the normalised frame (pmni-synth's default is +y)."""
     ring_start_azimuth_deg: float = 0.0
     """ring: azimuth of the first view in degrees (0 = on +z for up = +y, as in pmni-synth)."""
     ring_reverse: bool = False
-    """ring: go round the other way (left-handed about ring_up)."""
+    """ring: go round the other way, left-handed about ring_up (PMNI's clock_wise); views are in file order."""
     poses_file: Optional[Path] = None
-    """file: poses file (.npz world_mat_<i>, .npy/.txt (N,4,4) or (N,3,4), .json [{"view", "c2w"}]), world units."""
+    """file: poses file (.npz world_mat_<i>, .npy/.txt (N,4,4) or (N,3,4), .json [{"view", "c2w"}]) in the dataset's
+    world units, or in any frame and unit when the dataset has no scale_mat (DUSt3R, COLMAP, Metashape starts)."""
 
 
 def initial_poses(
     config: PoseInitConfig,
-    file_c2w: np.ndarray,
-    true_c2w: np.ndarray,
+    file_c2w: Optional[np.ndarray],
+    true_c2w: Optional[np.ndarray],
     view_ids: Sequence[int],
     normalisation: cameras.Normalisation,
+    K: np.ndarray,
+    masks: Sequence[np.ndarray],
 ) -> np.ndarray:
     """(N, 4, 4) normalised-frame poses training starts from, for all views (ascending view ids) at once.
 
-    ``file_c2w`` are the dataset's stored poses (``cameras_sphere.npz``), ``true_c2w`` the true ones
-    (``cameras_gt.npz`` when present, else the stored ones). Noise scales with the mean true camera distance from the
-    origin (the object centre), the same reference pmni-synth uses. Raises :class:`PMNIDataError` on bad options.
+    ``file_c2w`` are the dataset's stored poses (``cameras_sphere.npz``; None for an intrinsics-only dataset),
+    ``true_c2w`` the true ones (``cameras_gt.npz`` when present, else the stored ones). A ring and a file start read
+    neither: the ring's distance comes from the masks and intrinsics (:mod:`pmni_method.poses.from_masks`), and a
+    poses file without a dataset ``scale_mat`` is moved into the normalised frame by the masks too. Noise scales with
+    the mean true camera distance from the origin (the object centre), the same reference pmni-synth uses. Raises
+    :class:`PMNIDataError` on bad options.
     """
     mode = config.pose_init
     if mode not in POSE_INITS:
@@ -163,6 +172,11 @@ def initial_poses(
     if config.poses_file is not None and mode != "file":
         # A poses file that is silently ignored would make a run look pose-free-from-file when it is not.
         raise PMNIDataError(f"poses_file: given ({config.poses_file}) but pose_init is {mode!r}; use pose_init 'file'")
+    if mode in ("gt", "noisy") and (file_c2w is None or true_c2w is None):
+        raise PMNIDataError(
+            f"pose_init: {mode!r} needs camera poses, and this dataset has intrinsics only; train pose-free with "
+            "--pose-init ring, or --pose-init file --poses-file F"
+        )
     if mode == "gt":
         return np.array(file_c2w, dtype=np.float64, copy=True)
     if mode == "noisy":
@@ -179,7 +193,7 @@ def initial_poses(
             distribution=config.pose_noise_distribution,
         )
     if mode == "ring":
-        radius = float(camera_distances(file_c2w).mean()) if config.ring_radius is None else config.ring_radius
+        radius = estimate_camera_distance(K, masks) if config.ring_radius is None else config.ring_radius
         if not (np.isfinite(radius) and radius > 1.0):
             # The object fills the unit sphere: a camera at distance <= 1 would sit inside it.
             raise PMNIDataError(f"ring_radius: {radius} puts the cameras inside the unit sphere; it must be > 1")
@@ -196,4 +210,8 @@ def initial_poses(
             raise PMNIDataError(f"ring initialisation: {e}") from None
     if config.poses_file is None:
         raise PMNIDataError("poses_file: required with pose_init 'file'")
-    return load_poses_file(config.poses_file, view_ids, normalisation)
+    poses = load_poses_file(config.poses_file, view_ids, normalisation)
+    if normalisation.world_units:
+        return poses
+    # Without a scale_mat the file's frame and unit are its own (DUSt3R, COLMAP): the masks place the object.
+    return apply_similarity(normalise_start(poses, K, masks), poses)

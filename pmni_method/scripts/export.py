@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -11,11 +10,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-import numpy as np
 import tyro
 
-from pmni_method.atomic import FileGroup, PublishError, write_json_atomic
+from pmni_method.atomic import FileGroup, PublishError
 from pmni_method.errors import EXIT_BAD_INPUT, PMNIInputError, print_error
+from pmni_method.scripts.export_poses import (  # noqa: F401  (poses_json and write_poses_atomic: public here too)
+    pipeline_transforms,
+    poses_json,
+    poses_path_for,
+    poses_text,
+    run_poses,
+    transforms_path_for,
+    write_poses_atomic,
+)
 from pmni_method.scripts.run_config import load_trainer_config
 
 
@@ -40,55 +47,12 @@ class ExportConfig:
     """Also write the training cameras' poses (refined when pose refinement was on) as JSON, for pmni-eval --poses."""
     poses_output: Optional[Path] = None
     """Where to write the poses; default: beside the mesh, <mesh name without suffix>.poses.json."""
-
-
-def poses_path_for(mesh_path: Path) -> Path:
-    """Default pose file of a mesh: ``bunny.ply`` -> ``bunny.poses.json`` in the same folder."""
-    return mesh_path.with_name(mesh_path.stem + ".poses.json")
-
-
-def run_poses(pipeline: Any) -> Tuple[List[int], np.ndarray, bool]:
-    """View ids, (N, 4, 4) OpenCV camera-to-worlds in world units, and whether they are refined, of the training views.
-
-    Refined poses come from the model (``refined_c2w``) when pose refinement was on; otherwise the poses training
-    used (the initial ones) are returned, so that a calibrated run's file holds its calibration.
-    """
-    outputs = pipeline.datamanager.train_dataparser_outputs
-    data = outputs.metadata["pmni_data"]
-    refine = getattr(pipeline.model, "refined_c2w", None)
-    refined = refine() if callable(refine) else None
-    c2w = np.asarray(data.c2w if refined is None else refined, dtype=np.float64)
-    world = pipeline.normalisation().c2w_to_world(c2w)
-    return [int(v) for v in outputs.metadata["view_ids"]], world, refined is not None
-
-
-def poses_json(
-    view_ids: List[int], c2w_world: np.ndarray, refined: bool, source: Optional[Dict[str, Any]] = None
-) -> List[Dict[str, Any]]:
-    """The JSON pose-file form ``[{"view", "c2w", "refined"}]`` that ``pmni_method.poses.files.load_poses_file`` reads back.
-
-    ``source`` (:meth:`RunSource.to_json`) goes into every entry as ``"source"``: the file must stay a list for the
-    pose readers, which ignore keys they do not know.
-    """
-    return [
-        {
-            "view": int(v),
-            "c2w": np.asarray(m, dtype=np.float64).tolist(),
-            "refined": bool(refined),
-            **({} if source is None else {"source": source}),
-        }
-        for v, m in zip(view_ids, c2w_world)
-    ]
-
-
-def poses_text(entries: List[Dict[str, Any]]) -> str:
-    """The pose file's contents; raises ValueError on non-finite poses (strict JSON has no NaN)."""
-    return json.dumps(entries, indent=1, allow_nan=False) + "\n"
-
-
-def write_poses_atomic(entries: List[Dict[str, Any]], output: Path) -> Path:
-    """Serialise first, then write-and-rename: an interrupted export never leaves a half-written pose file."""
-    return write_json_atomic(entries, output, indent=1)
+    write_transforms: bool = True
+    """Also write the same poses as nerfstudio's transforms.json (OpenGL, intrinsics per frame), for any nerfstudio
+    method: ns-train <method> nerfstudio-data --data F --orientation-method none --center-method none
+    --auto-scale-poses False."""
+    transforms_output: Optional[Path] = None
+    """Where to write transforms.json; default: beside the mesh, <mesh name without suffix>.transforms.json."""
 
 
 @dataclass
@@ -226,16 +190,23 @@ def main(config: ExportConfig) -> int:
         if not config.bounds[0] < config.bounds[1]:
             raise PMNIInputError(f"--bounds {config.bounds}: expected LOW HIGH with LOW < HIGH")
         poses_output: Optional[Path] = None
+        transforms_output: Optional[Path] = None
         if config.write_poses:
             poses_output = config.poses_output or poses_path_for(config.output)
-            if poses_output.absolute() == config.output.absolute():
-                raise PMNIInputError(f"{poses_output}: the poses output is the mesh output")
-        # Both destinations are checked before the pipeline is loaded and meshed (minutes on a CPU): a typo in a
+            if config.write_transforms:
+                transforms_output = config.transforms_output or transforms_path_for(config.output)
+        destinations = [(p, what) for p, what in ((poses_output, "poses"), (transforms_output, "transforms")) if p]
+        seen = {config.output.absolute(): "mesh"}
+        for path, what in destinations:
+            if path.absolute() in seen:
+                raise PMNIInputError(f"{path}: the {what} output is the {seen[path.absolute()]} output")
+            seen[path.absolute()] = what
+        # Every destination is checked before the pipeline is loaded and meshed (minutes on a CPU): a typo in a
         # path should cost seconds, not a marching-cubes run.
         created = check_destination(config.output, "mesh")
-        if poses_output is not None:
+        for path, what in destinations:
             try:
-                check_destination(poses_output, "poses")
+                created += check_destination(path, what)
             except PMNIInputError:
                 _remove_folders(created)
                 raise
@@ -284,36 +255,39 @@ def main(config: ExportConfig) -> int:
                 )
             except MeshExtractionError as e:
                 raise PMNIInputError(f"{config.load_config}: {e}")
+        record = dict(source.to_json(), units=normalisation.units)
         poses_data: Optional[bytes] = None
+        transforms_data: Optional[bytes] = None
         if poses_output is not None:
             try:
                 view_ids, c2w_world, refined = run_poses(pipeline)
             except (AttributeError, KeyError, TypeError) as e:
                 # The mesh is the product; a run that cannot tell its poses still gets it, with a note.
                 console.print(f"note: no poses file: the run has no training poses ({type(e).__name__}: {e})", markup=False)
-                poses_output = None
+                poses_output = transforms_output = None
             else:
                 try:
-                    poses_data = poses_text(poses_json(view_ids, c2w_world, refined, source.to_json())).encode()
+                    poses_data = poses_text(poses_json(view_ids, c2w_world, refined, record)).encode()
+                    if transforms_output is not None:
+                        meta = dict(record, refined=refined, note="pmni training views; OpenGL camera-to-world")
+                        transforms_data = poses_text(pipeline_transforms(pipeline, view_ids, c2w_world, meta)).encode()
                 except ValueError:
                     raise PMNIInputError(f"{poses_output}: cannot write poses (the run's poses have NaN or Inf entries)")
 
-        # Mesh and poses describe one state of the run: both files are replaced, or neither (FileGroup).
+        # Mesh and poses describe one state of the run: all files are replaced, or none (FileGroup).
+        files = [(config.output, "mesh", mesh_bytes(mesh, suffix, record))]
+        files += [(p, w, d) for p, w, d in ((poses_output, "poses", poses_data), (transforms_output, "transforms", transforms_data)) if p and d]
         with FileGroup() as group:
-            try:
-                group.stage(config.output, mesh_bytes(mesh, suffix, source.to_json()))
-            except OSError as e:
-                raise PMNIInputError(f"{config.output}: cannot write mesh ({e.strerror or e})")
-            if poses_output is not None and poses_data is not None:
+            for path, what, payload in files:
                 try:
-                    group.stage(poses_output, poses_data)
+                    group.stage(path, payload)
                 except OSError as e:
-                    raise PMNIInputError(f"{poses_output}: cannot write poses ({e.strerror or e})")
+                    raise PMNIInputError(f"{path}: cannot write {what} ({e.strerror or e})")
             try:
                 group.publish()
             except PublishError as e:
-                what = "mesh" if e.target == config.output else "poses"
-                others = " and ".join(str(p) for p in (config.output, poses_output) if p is not None and p != e.target)
+                what = next(w for p, w, _ in files if p == e.target)
+                others = " and ".join(str(p) for p, _, _ in files if p != e.target)
                 outcome = f"{others} left as it was" if others else "nothing written"
                 if e.unrestored:
                     outcome = "could not restore " + "; ".join(e.unrestored)
@@ -329,7 +303,7 @@ def main(config: ExportConfig) -> int:
         markup=False,
     )
     console.print(
-        "bbox (world units): "
+        f"bbox ({normalisation.units} units): "
         f"min [{lo[0]:.4g}, {lo[1]:.4g}, {lo[2]:.4g}]  max [{hi[0]:.4g}, {hi[1]:.4g}, {hi[2]:.4g}]  "
         f"size [{hi[0] - lo[0]:.4g}, {hi[1] - lo[1]:.4g}, {hi[2] - lo[2]:.4g}]",
         markup=False,
@@ -343,7 +317,14 @@ def main(config: ExportConfig) -> int:
     if poses_output is not None:
         console.print(
             f"wrote {poses_output} ({'refined' if refined else 'initial'} poses of {len(view_ids)} training views, "
-            "world units, OpenCV camera-to-world)",
+            f"{normalisation.units} units, OpenCV camera-to-world)",
+            markup=False,
+        )
+    if transforms_output is not None and transforms_data is not None:
+        console.print(f"wrote {transforms_output} (the same poses as nerfstudio transforms.json, OpenGL)", markup=False)
+    if not normalisation.world_units:
+        console.print(
+            "note: the dataset gave no scale_mat: mesh and poses are in the normalised frame, of unknown physical size",
             markup=False,
         )
     return 0
