@@ -183,7 +183,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--rays", type=int, default=0, help="rays per batch (0: the preset's)")
     parser.add_argument("--downscale-factor", type=int, default=1)
     parser.add_argument("--exclude-views", type=int, nargs="*", default=[], help="view ids held out of training")
-    parser.add_argument("--normal-dir", default="normal_world_space_GT")
+    parser.add_argument("--normal-dir", default="auto", help="auto: world-space maps if calibrated, else camera-space")
     parser.add_argument("--pose-init", default="gt", choices=["gt", "noisy", "ring", "file"])
     parser.add_argument("--poses-file", type=Path, default=None, help="with --pose-init file")
     parser.add_argument("--ring-elevation", type=float, default=25.0, help="ring: elevation guess in degrees")

@@ -12,7 +12,7 @@ import pytest
 
 from pmni_method import cameras
 from pmni_method.data.diligent_mv import load_diligent_mv
-from pmni_method.data.layout import CAMERA_NORMAL_DIR
+from pmni_method.data.layout import CAMERA_NORMAL_DIR, WORLD_NORMAL_DIR
 from pmni_method.errors import PMNIDataError
 from pmni_method.npz import read_npz, write_npz
 from pmni_method.poses.from_masks import estimate_camera_distance
@@ -110,13 +110,17 @@ def test_file_start_without_scale_mat_is_placed_by_the_masks(bunny_dir: Path, tm
 
 def test_world_space_maps_with_a_pose_free_start_are_refused(bunny_dir: Path) -> None:
     for start in ("ring", "noisy"):
+        options = PoseInitConfig(pose_init=start)
         with pytest.raises(PMNIDataError, match="world-space normal maps.*camera-space maps") as info:
-            load_diligent_mv(bunny_dir, pose_init=PoseInitConfig(pose_init=start))
-        assert "\n" not in str(info.value) and "normal_world_space_GT" in str(info.value)
+            load_diligent_mv(bunny_dir, normal_dir=WORLD_NORMAL_DIR, pose_init=options)
+        assert "\n" not in str(info.value) and WORLD_NORMAL_DIR in str(info.value)
+        # Left to itself (normal_dir auto), a pose-free start reads the camera-space maps.
+        assert load_diligent_mv(bunny_dir, load_depth=False, pose_init=options).normal_space == "camera"
+    assert load_diligent_mv(bunny_dir, load_depth=False).normal_space == "world"  # calibrated: the world maps
 
 
 def test_ns_train_refuses_world_space_maps_from_a_ring_in_one_line(bunny_dir: Path, tmp_path: Path) -> None:
-    out = run(ns_train_args(bunny_dir, tmp_path / "runs") + ["--pose-init", "ring"])
+    out = run(ns_train_args(bunny_dir, tmp_path / "runs") + ["--pose-init", "ring", "--normal-dir", WORLD_NORMAL_DIR])
     assert out.returncode == 2
     lines = error_lines(out)
     assert len(lines) == 1 and "world-space normal maps" in lines[0] and "--normal-dir" in lines[0], lines
@@ -133,8 +137,7 @@ def test_intrinsics_only_trains_from_a_ring_and_exports_transforms_json(bunny_di
 
     folder = intrinsics_only(bunny_dir, tmp_path / "object")
     config = runner.scripted_config(
-        "pmni-fast", folder, tmp_path / "runs", max_num_iterations=6, experiment_name="ring",
-        normal_dir=CAMERA_NORMAL_DIR, pose_init="ring",
+        "pmni-fast", folder, tmp_path / "runs", max_num_iterations=6, experiment_name="ring", pose_init="ring",
         # The true elevation: 6 steps cannot move a ring, and pmni-eval below needs the mesh near the truth.
         ring_elevation_deg=(10.0, 10.0),
     )

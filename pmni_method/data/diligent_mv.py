@@ -33,7 +33,14 @@ import scipy.ndimage
 from pmni_method import cameras
 from pmni_method.data import io, plausibility
 from pmni_method.data.camera_file import read_cameras, read_dataset_cameras
-from pmni_method.data.layout import DEPTH_DIR, GT_CAMERAS_FILE, GT_MESH_FILE, MASK_DIR, WORLD_NORMAL_DIR
+from pmni_method.data.layout import (
+    CAMERA_NORMAL_DIR,
+    DEPTH_DIR,
+    GT_CAMERAS_FILE,
+    GT_MESH_FILE,
+    MASK_DIR,
+    WORLD_NORMAL_DIR,
+)
 from pmni_method.data.types import MultiViewNormalData
 from pmni_method.errors import PMNIDataError, format_views
 from pmni_method.npz import read_npz
@@ -80,6 +87,24 @@ def index_folder(folder: Path, suffixes: Sequence[str]) -> Dict[int, Path]:
 def find_normal_maps(data_dir: Path, normal_dir: str = WORLD_NORMAL_DIR) -> Dict[int, Path]:
     """Map view index -> normal-map file of a dataset."""
     return index_folder(Path(data_dir) / normal_dir, io.NORMAL_SUFFIXES)
+
+
+AUTO_NORMAL_DIR = "auto"
+"""``normal_dir`` value that picks the folder by the start: world-space maps for a calibrated run when the dataset has
+them, camera-space maps for a pose-free one (they turn with the poses)."""
+
+
+def resolve_normal_dir(data_dir: Path, normal_dir: str, pose_init: str) -> str:
+    """The normal-map folder to read: ``normal_dir`` itself, or for ``"auto"`` :data:`WORLD_NORMAL_DIR` /
+    :data:`CAMERA_NORMAL_DIR`, whichever the start can use and the dataset has (the world one for ``gt``)."""
+    if normal_dir != AUTO_NORMAL_DIR:
+        return normal_dir
+    preferred = (WORLD_NORMAL_DIR, CAMERA_NORMAL_DIR) if pose_init == "gt" else (CAMERA_NORMAL_DIR, WORLD_NORMAL_DIR)
+    for name in preferred:
+        if (Path(data_dir) / name).is_dir():
+            return name
+    # Neither exists: name the one the start needs in the "folder not found" error.
+    return preferred[0]
 
 
 def resolve_normal_space(normal_dir: str, normal_space: str) -> Literal["world", "camera"]:
@@ -142,7 +167,7 @@ def downscale_views(
 
 def load_diligent_mv(
     data_dir: Path,
-    normal_dir: str = WORLD_NORMAL_DIR,
+    normal_dir: str = AUTO_NORMAL_DIR,
     normal_space: str = "auto",
     downscale_factor: int = 1,
     depth_dir: Optional[str] = DEPTH_DIR,
@@ -153,7 +178,8 @@ def load_diligent_mv(
 ) -> MultiViewNormalData:
     """Load every view of a DiLiGenT-MV style dataset into the normalised frame (ascending view id).
 
-    ``pose_init`` chooses ``c2w``, the poses training starts from, for all views (default: the stored poses of
+    ``normal_dir`` ``"auto"`` reads the world-space maps for a calibrated start and the camera-space ones for a
+    pose-free start (:func:`resolve_normal_dir`). ``pose_init`` chooses ``c2w``, the poses training starts from, for all views (default: the stored poses of
     ``cameras_sphere.npz``). ``gt_c2w`` holds the true poses whenever ``c2w`` may differ from them: those of
     ``cameras_gt.npz`` when present, else the stored ones when ``pose_init`` replaced them; it stays None when ``c2w``
     are the true poses already. Normal maps stored in camera space are turned into world space with the poses
@@ -173,6 +199,8 @@ def load_diligent_mv(
         raise _error(data_dir, "dataset folder is empty")
     if not isinstance(downscale_factor, (int, np.integer)) or downscale_factor < 1:
         raise _error(data_dir, f"downscale factor must be a positive integer, not {downscale_factor!r}")
+    pose_init = pose_init if pose_init is not None else PoseInitConfig()
+    normal_dir = resolve_normal_dir(data_dir, normal_dir, pose_init.pose_init)
     space = resolve_normal_space(normal_dir, normal_space)
     checks = plausibility.PlausibilityChecks(mode=data_checks)
 
@@ -180,7 +208,6 @@ def load_diligent_mv(
     mask_files = index_folder(data_dir / MASK_DIR, io.MASK_SUFFIXES)
     _check_same_views(data_dir, {normal_dir: normal_files, MASK_DIR: mask_files})
     view_ids = sorted(normal_files)
-    pose_init = pose_init if pose_init is not None else PoseInitConfig()
     if space == "world" and pose_init.pose_init != "gt":
         raise _error(
             data_dir / normal_dir,

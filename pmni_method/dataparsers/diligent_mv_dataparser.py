@@ -20,8 +20,13 @@ from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from pmni_method import cameras
-from pmni_method.data.diligent_mv import find_normal_maps, load_diligent_mv, split_indices
-from pmni_method.data.layout import WORLD_NORMAL_DIR
+from pmni_method.data.diligent_mv import (
+    AUTO_NORMAL_DIR,
+    find_normal_maps,
+    load_diligent_mv,
+    resolve_normal_dir,
+    split_indices,
+)
 from pmni_method.data.plausibility import DataChecks
 from pmni_method.data.types import MultiViewNormalData
 from pmni_method.errors import PMNIDataError, exit_with_error
@@ -38,8 +43,9 @@ class DiligentMVDataParserConfig(DataParserConfig, PoseInitConfig):
     """Target class to instantiate."""
     data: Path = Path("data/DiLiGenT-MV/bearPNG")
     """Dataset folder of one object (holds cameras_sphere.npz)."""
-    normal_dir: str = WORLD_NORMAL_DIR
-    """Normal-map folder inside the dataset, e.g. normal_world_space_sdmunips or normal_camera_space_GT."""
+    normal_dir: str = AUTO_NORMAL_DIR
+    """Normal-map folder inside the dataset, e.g. normal_world_space_sdmunips; auto = normal_world_space_GT for
+    --pose-init gt (else normal_camera_space_GT), normal_camera_space_GT for a pose-free start."""
     normal_space: Literal["auto", "world", "camera"] = "auto"
     """Frame of the normal maps; auto = camera if the folder name contains 'camera', else world."""
     downscale_factor: int = 1
@@ -87,7 +93,8 @@ class DiligentMVDataParser(DataParser):
         try:
             data = self.load()
             indices = split_indices(data.view_ids, self.config.exclude_views, split)
-            normal_files = find_normal_maps(self.config.data, self.config.normal_dir)
+            normal_dir = resolve_normal_dir(self.config.data, self.config.normal_dir, self.config.pose_init)
+            normal_files = find_normal_maps(self.config.data, normal_dir)
         except PMNIDataError as e:
             # A data error is the user's to fix, not ours to debug: one red line and no traceback under ns-train.
             exit_with_error(str(e))
