@@ -21,7 +21,7 @@ MASK_ERROR_DEFINITION = (
     "mask_boundary_jitter_px g, g Gaussian-filtered white noise (sigma "
     f"{JITTER_CORRELATION} of the shorter mask-box side, at least 2 px) scaled to zero mean and unit standard "
     "deviation over the pixels within 3 px of the boundary; then mask_holes disks of radius mask_blob_radius_px "
-    "centred at uniformly drawn mask pixels 1-2 radii inside the boundary are removed, and mask_spurs disks centred "
+    "centred at uniformly drawn mask pixels 1-2 radii (plus 2 px) inside the boundary are removed, and mask_spurs disks centred "
     "at outside pixels within one radius of it are added. Normals of added pixels are those of the nearest true mask "
     "pixel (perturbed like it); depth maps keep the true mask"
 )
@@ -81,7 +81,8 @@ def perturb_mask(mask: np.ndarray, settings: MaskErrorSettings, rng: np.random.G
     stored = sd < settings.offset_px + settings.jitter_px * noise
     r = settings.blob_radius_px
     sd_stored = signed_distance(stored)
-    for draws, lo, hi, add in ((hole_draws, -2 * r, -r, False), (spur_draws, 0.0, r, True)):
+    # Hole centres keep 2 px more than a radius from the background, so that a hole never opens onto it.
+    for draws, lo, hi, add in ((hole_draws, -2 * r - 1.5, -r - 1.5, False), (spur_draws, 0.0, r, True)):
         if len(draws) == 0:
             continue
         candidates = np.argwhere((sd_stored >= lo) & (sd_stored <= hi))
