@@ -2,19 +2,23 @@
 
 Layout written into the output folder (N views; file stems are 3-digit zero-based view indices)::
 
-    cameras_sphere.npz                  world_mat_<i> (4x4 K[R|t], world -> pixels; perturbed if pose noise is on),
-                                        scale_mat_<i> (normalised unit sphere -> world, the same for every view)
-    cameras_gt.npz                      only with pose noise: the true cameras, same keys
+    cameras_sphere.npz                  world_mat_<i> (4x4 K[R|t], world -> pixels; perturbed with pose or
+                                        intrinsics errors), scale_mat_<i> (normalised unit sphere -> world, one for all)
+    cameras_gt.npz                      only with pose or intrinsics errors: the true cameras (true K, true pose)
     normal_world_space_GT/<iii>.exr     float32 R,G,B = world x,y,z unit normals, 0 outside the mask
     normal_camera_space_GT/<iii>.exr    the same normals in DiLiGenT camera axes (x right, y up, z toward the camera)
     mask/<iii>.png                      8-bit 0/255
     integration/perspective/<iii>.npy   float32 (H, W) camera-z depth in world units (times a per-view factor with
-                                        depth-scale noise), 0 outside the mask
+                                        depth-scale noise), 0 outside the true mask
     mesh_Gt.ply                         the mesh in world units
-    synth.json                          every option, the seed, the mesh source and derived quantities
+    synth.json                          every option, the seed, the mesh source, derived quantities and the
+                                        statistics of the input errors actually produced (``input_errors``)
+    normal_world_space_true/, normal_camera_space_true/, mask_true/
+                                        only when the stored normal maps or masks carry errors: the true ones
 
-Normal maps, masks and depth are always rendered with the true cameras. The output appears whole or not at all
-(written into ``.NAME.partial-PID``, then renamed; see :mod:`pmni_method.staging`).
+Normal maps, masks and depth are always rendered with the true cameras; input errors (normal bias, grazing and
+concavity errors, mask errors: :mod:`pmni_method.synth_realistic`) are applied to the stored maps afterwards. The
+output appears whole or not at all (written into ``.NAME.partial-PID``, then renamed; see :mod:`pmni_method.staging`).
 """
 
 from __future__ import annotations
@@ -103,19 +107,19 @@ class SynthConfig:
     realistic: bool = False
     """Turn on every input error below at SDM-UniPS-like magnitudes (README); an error option given still wins."""
     error_seed: Optional[int] = None
-    """Seed of the input-error draws (bias fields, masks, intrinsics); default: --seed."""
+    """Seed of the input-error draws (normal-error fields, masks, intrinsics); default: --seed."""
     normal_bias_deg: Optional[float] = None
-    """Smooth low-frequency normal bias: mean tilt over each view's mask, degrees (default 0; realistic 4.5)."""
+    """Smooth low-frequency normal bias, mean tilt over each view's mask in degrees (default 0; realistic 5.5)."""
     normal_bias_cells: int = 3
     """Control points per side of the smooth random fields, spanning the object's image box (their wavelength)."""
     grazing_error_deg: Optional[float] = None
-    """Tilt toward the camera of this times (1 - n_z) degrees (n_z camera-space), like photometric stereo (realistic 12)."""
+    """Tilt toward the camera by this times (1 - n_z) degrees, n_z camera-space (default 0; realistic 14)."""
     concavity_error_deg: Optional[float] = None
-    """Tilt of this times c degrees in a smooth random direction, c in [0, 1] a concavity proxy (realistic 8)."""
+    """Tilt by this times c degrees in a smooth random direction, c a concavity proxy (default 0; realistic 10)."""
     mask_offset_px: Optional[float] = None
-    """Move every mask boundary outward by this many pixels; negative erodes (default 0; realistic 0.5)."""
+    """Move every mask boundary outward by this many pixels, negative erodes (default 0; realistic 0.5)."""
     mask_boundary_jitter_px: Optional[float] = None
-    """Standard deviation (px) of a smooth random in/out displacement along the mask boundary (realistic 1.5)."""
+    """Std (px) of a smooth random in/out displacement along each mask boundary (default 0; realistic 1.5)."""
     mask_holes: Optional[int] = None
     """Disks removed from each mask just inside its boundary (default 0; realistic 1)."""
     mask_spurs: Optional[int] = None
@@ -123,9 +127,9 @@ class SynthConfig:
     mask_blob_radius_px: float = 2.0
     """Radius in pixels of the mask holes and spurs."""
     focal_error: Optional[float] = None
-    """Relative focal error of the stored cameras: f (1 +- x), sign random (default 0; realistic 0.01)."""
+    """Relative focal error of the stored cameras, f (1 +- x) with a random sign (default 0; realistic 0.01)."""
     principal_point_error_px: Optional[float] = None
-    """Principal point of the stored cameras moved this many pixels in a random direction (realistic 2)."""
+    """Stored principal point moved this many pixels in a random direction (default 0; realistic 2)."""
     intrinsics_per_view: bool = False
     """Draw the intrinsics error per view (per-image calibration) instead of once for all views."""
     seed: int = 0

@@ -21,9 +21,9 @@ MASK_ERROR_DEFINITION = (
     "mask_boundary_jitter_px g, g Gaussian-filtered white noise (sigma "
     f"{JITTER_CORRELATION} of the shorter mask-box side, at least 2 px) scaled to zero mean and unit standard "
     "deviation over the pixels within 3 px of the boundary; then mask_holes disks of radius mask_blob_radius_px "
-    "centred at uniformly drawn mask pixels 1-2 radii (plus 2 px) inside the boundary are removed, and mask_spurs disks centred "
-    "at outside pixels within one radius of it are added. Normals of added pixels are those of the nearest true mask "
-    "pixel (perturbed like it); depth maps keep the true mask"
+    "centred at uniformly drawn mask pixels 1-2 radii (plus 2 px) inside the boundary are removed, and mask_spurs "
+    "disks centred at outside pixels within one radius of it are added. Normals of added pixels are those of the "
+    "nearest true mask pixel (perturbed like it); depth maps keep the true mask"
 )
 
 MASK_STATISTICS_DEFINITION = (
@@ -126,7 +126,7 @@ def mask_statistics(stored: np.ndarray, true: np.ndarray) -> Dict[str, float]:
 
 
 def nearest_fill(values: np.ndarray, source: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """``values`` (H, W, C) with every ``target`` pixel outside ``source`` set to its nearest ``source`` pixel's value."""
+    """``values`` (H, W, C) with each ``target`` pixel outside ``source`` set to the nearest ``source`` pixel's."""
     out = np.array(values, copy=True)
     new = target & ~source
     if new.any() and source.any():

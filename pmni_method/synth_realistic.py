@@ -116,8 +116,9 @@ def option_problems(config: Any) -> List[tuple]:
         value = getattr(config, name)
         if value is None:
             continue
-        ok = np.isfinite(value) and (value >= 0 or name == "mask_offset_px")
-        checks.append((ok, "--" + name.replace("_", "-"), "must be >= 0" if name != "mask_offset_px" else "must be finite"))
+        signed = name == "mask_offset_px"  # negative offsets erode
+        ok = np.isfinite(value) and (value >= 0 or signed)
+        checks.append((ok, "--" + name.replace("_", "-"), "must be finite" if signed else "must be >= 0"))
     checks.append((config.normal_bias_cells >= 2, "--normal-bias-cells", "must be at least 2"))
     radius_ok = np.isfinite(config.mask_blob_radius_px) and config.mask_blob_radius_px > 0
     checks.append((radius_ok, "--mask-blob-radius-px", "must be positive"))
@@ -167,7 +168,9 @@ def apply_view_errors(
     if errors.normals.active:
         cam = cameras.world_normals_to_camera(view.normals, c2w)
         tilts = normal_error_tilts(errors.normals, cam, mask, view.depth, float(K[0, 0]), radius, errors.seed, index)
-        stats["terms_mean_tilt_deg"] = {k: float(np.degrees(np.linalg.norm(t, axis=-1)).mean()) for k, t in tilts.items()}
+        stats["terms_mean_tilt_deg"] = {
+            k: float(np.degrees(np.linalg.norm(t, axis=-1)).mean()) for k, t in tilts.items()
+        }
         perturbed = apply_tilt(cam[mask], sum(tilts.values()))
         normals[mask] = lean_toward_camera(cameras.camera_normals_to_world(perturbed, c2w), dirs)
     if noise is not None:
@@ -222,6 +225,7 @@ def report(
             "mask_statistics": MASK_STATISTICS_DEFINITION,
             "intrinsics": INTRINSICS_ERROR_DEFINITION,
         },
+        "maps_perturbed": bool(write_truth),
         "normals": normals,
         "intrinsics": {
             "K_true": np.asarray(K_true).tolist(),

@@ -3,7 +3,9 @@ bowl for concavity), the truth stays available, and synth.json reports what the 
 
 from __future__ import annotations
 
+import inspect
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +41,8 @@ def _maps(folder: Path, i: int, truth: bool = False):
 
 def _cameras(folder: Path, name: str = layout.CAMERAS_FILE):
     arrays = read_npz(folder / name)
-    return [cameras.decompose_projection(arrays[f"world_mat_{i}"]) for i in range(_info(folder)["options"]["num_views"])]
+    num_views = _info(folder)["options"]["num_views"]
+    return [cameras.decompose_projection(arrays[f"world_mat_{i}"]) for i in range(num_views)]
 
 
 def _angles(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -163,6 +166,7 @@ def test_the_true_maps_are_kept_beside_the_stored_ones(clean, realistic):
             name = f"{i:03d}" + (".png" if "mask" in clean_dir else ".exr")
             assert (realistic / true_dir / name).read_bytes() == (clean / clean_dir / name).read_bytes()
             assert (realistic / clean_dir / name).read_bytes() != (clean / clean_dir / name).read_bytes()
+    assert _info(realistic)["input_errors"]["maps_perturbed"] and not _info(clean)["input_errors"]["maps_perturbed"]
     truth = _info(realistic)["input_errors"]["truth"]
     assert truth["world_normals"] == synth_realistic.TRUE_WORLD_NORMAL_DIR and truth["masks"] == "mask_true"
     assert (realistic / layout.GT_MESH_FILE).read_bytes() == (clean / layout.GT_MESH_FILE).read_bytes()
@@ -225,7 +229,7 @@ def test_boundary_jitter_gives_its_boundary_error_and_added_pixels_get_normals(m
         np.testing.assert_allclose(np.linalg.norm(world[stored], axis=-1), 1.0, atol=1e-5)
 
 
-# --- intrinsics and poses ----------------------------------------------------------------------------------------------
+# --- intrinsics and poses -------------------------------------------------------------------------------------------
 
 
 def test_intrinsics_error_is_in_the_stored_cameras_and_the_true_ones_are_recorded(make, clean):
@@ -235,8 +239,9 @@ def test_intrinsics_error_is_in_the_stored_cameras_and_the_true_ones_are_recorde
     assert info["intrinsics_perturbed"] is True and info["poses_perturbed"] is False
     np.testing.assert_allclose(info["input_errors"]["intrinsics"]["K_true"], true_K)
     stored = _cameras(folder)
+    recorded = info["input_errors"]["intrinsics"]["K_stored"]
     for (K, c2w), (K_gt, c2w_gt), (K_clean, c2w_clean), K_info in zip(
-        stored, _cameras(folder, layout.GT_CAMERAS_FILE), _cameras(clean), info["input_errors"]["intrinsics"]["K_stored"]
+        stored, _cameras(folder, layout.GT_CAMERAS_FILE), _cameras(clean), recorded
     ):
         assert abs(K[0, 0] / true_K[0, 0] - 1) == pytest.approx(0.02, abs=1e-9) and K[1, 1] == pytest.approx(K[0, 0])
         assert np.linalg.norm(K[:2, 2] - true_K[:2, 2]) == pytest.approx(3.0, abs=1e-6)
@@ -257,7 +262,8 @@ def test_pose_noise_composes_with_the_realistic_bundle(make, realistic):
     for (K, c2w), (K_real, _), (_, c2w_pose) in zip(_cameras(both), _cameras(realistic), _cameras(poses_only)):
         np.testing.assert_allclose(K, K_real, atol=1e-9)
         np.testing.assert_allclose(c2w, c2w_pose, atol=1e-9)
-    for (K, c2w), (K_gt, c2w_gt) in zip(_cameras(both, layout.GT_CAMERAS_FILE), _cameras(realistic, layout.GT_CAMERAS_FILE)):
+    true_cameras = zip(_cameras(both, layout.GT_CAMERAS_FILE), _cameras(realistic, layout.GT_CAMERAS_FILE))
+    for (K, c2w), (K_gt, c2w_gt) in true_cameras:
         np.testing.assert_allclose(K, K_gt, atol=1e-9)
         np.testing.assert_allclose(c2w, c2w_gt, atol=1e-9)
     # Maps are rendered with the true cameras: the pose noise leaves them exactly as without it.
@@ -324,7 +330,8 @@ def test_outputs_load_with_the_project_loader(realistic, make_tiny_dataset, shar
     for pos, i in enumerate(data.view_ids):
         stored, world, _ = _maps(realistic, i)
         np.testing.assert_array_equal(data.masks[pos], stored)
-        np.testing.assert_allclose(data.normalisation.normals_to_world(data.normals[pos][stored]), world[stored], atol=1e-5)
+        loaded = data.normalisation.normals_to_world(data.normals[pos][stored])
+        np.testing.assert_allclose(loaded, world[stored], atol=1e-5)
         np.testing.assert_allclose(data.K[pos], _cameras(realistic)[i][0], rtol=1e-9, atol=1e-9)
     bunny = make_tiny_dataset(shared_meshes / "stanford-bunny.obj", world_scale=1000.0, realistic=True)
     load_diligent_mv(bunny, data_checks="warn", warn=warnings.append)
@@ -350,3 +357,24 @@ def test_an_erosion_that_empties_a_mask_is_refused(tmp_path, sphere_mesh_path):
     with pytest.raises(PMNIDataError, match="mask empty"):
         synth.render_dataset(config)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_help_states_the_realistic_values():
+    source = inspect.getsource(synth.SynthConfig)
+    for name, value in synth_realistic.REALISTIC.items():
+        doc = source.split(f"\n    {name}:")[1].splitlines()[1]
+        assert f"(default 0; realistic {value:g})" in doc, name
+
+
+def test_cli_summarises_the_errors(monkeypatch, capsys, tmp_path, sphere_mesh_path):
+    from pmni_method.scripts import synth as synth_cli
+
+    args = ["--mesh", str(sphere_mesh_path), "--output", str(tmp_path / "out"), "--num-views", "2", "--width", "48",
+            "--height", "48", "--focal", "350", "--realistic"]
+    monkeypatch.setattr(sys, "argv", ["pmni-synth", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        synth_cli.entrypoint()
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    for words in ("normal error", "deg mean", "true maps    normal_world_space_true", "mask error   IoU", "intrinsics"):
+        assert words in out, words
