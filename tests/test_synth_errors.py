@@ -227,6 +227,10 @@ def test_boundary_jitter_gives_its_boundary_error_and_added_pixels_get_normals(m
         true = _maps(folder, i, truth=True)[0]
         assert (stored & ~true).any() and (true & ~stored).any()
         np.testing.assert_allclose(np.linalg.norm(world[stored], axis=-1), 1.0, atol=1e-5)
+        # An added pixel carries its nearest true pixel's stored normal (turned at most slightly to face its ray).
+        added = stored & ~true
+        _, (rows, cols) = scipy.ndimage.distance_transform_edt(~true, return_indices=True)
+        assert _angles(world[added], world[rows[added], cols[added]]).max() < 3.0
 
 
 # --- intrinsics and poses -------------------------------------------------------------------------------------------
