@@ -349,7 +349,7 @@ def render_dataset(
                 if config.normal_noise_deg > 0:
                     noise = lambda n, dirs: perturb_normals(n, config.normal_noise_deg, normal_rng, dirs)  # noqa: E731
                 stored = synth_realistic.apply_view_errors(errors, view, rig.K, c2w, i, rig.radius, noise)
-                if not stored.mask.any():
+                if view.mask.any() and not stored.mask.any():
                     raise PMNIDataError(f"view {i}: the mask errors leave its mask empty; use smaller mask errors")
                 _write_view(staging, i, view, stored, c2w, factors[i], truth)
                 stored_views.append(stored)

@@ -163,9 +163,10 @@ def apply_view_errors(
     """Apply the normal and mask errors to one true render; ``noise(normals, mask)`` adds the legacy noise."""
     mask = view.mask
     normals = np.array(view.normals, copy=True)
-    stats: Dict[str, Any] = {}
+    # A view that does not see the object (an open mesh edge-on) has nothing to perturb: its statistics are None.
+    stats: Dict[str, Any] = {"terms_mean_tilt_deg": None, "mask": None}
     _, dirs = cameras.pixel_rays(K, c2w, *mask.shape, np.argwhere(mask))
-    if errors.normals.active:
+    if errors.normals.active and mask.any():
         cam = cameras.world_normals_to_camera(view.normals, c2w)
         tilts = normal_error_tilts(errors.normals, cam, mask, view.depth, float(K[0, 0]), radius, errors.seed, index)
         stats["terms_mean_tilt_deg"] = {
@@ -176,7 +177,7 @@ def apply_view_errors(
     if noise is not None:
         normals[mask] = noise(normals[mask], dirs)
     stored_mask = mask
-    if errors.masks.active:
+    if errors.masks.active and mask.any():
         stored_mask = perturb_mask(mask, errors.masks, view_rng(errors.seed, MASK, index))
         normals = nearest_fill(normals, mask, stored_mask)
         added = stored_mask & ~mask
@@ -192,8 +193,10 @@ def apply_view_errors(
     return StoredView(normals=normals, mask=stored_mask, stats=stats, angles=angles)
 
 
-def _mean_over_views(per_view: List[Dict[str, Any]]) -> Dict[str, float]:
-    return {k: float(np.mean([v[k] for v in per_view])) for k in per_view[0]} if per_view else {}
+def _mean_over_views(per_view: List[Optional[Dict[str, Any]]]) -> Dict[str, float]:
+    """Per-key means over the views that have statistics (views that miss the object have None)."""
+    seen = [v for v in per_view if v is not None]
+    return {k: float(np.mean([v[k] for v in seen])) for k in seen[0]} if seen else {}
 
 
 def report(

@@ -382,3 +382,15 @@ def test_cli_summarises_the_errors(monkeypatch, capsys, tmp_path, sphere_mesh_pa
     assert exit_info.value.code == 0
     for words in ("normal error", "deg mean", "true maps    normal_world_space_true", "mask error   IoU", "intrinsics"):
         assert words in out, words
+
+
+def test_views_that_miss_the_object_stay_empty(make_tiny_dataset, tmp_path):
+    # A square seen edge-on by some cameras of a 4-view ring: those views have empty masks, errors or not.
+    square = trimesh.Trimesh(vertices=[[-1, -1, 0], [1, -1, 0], [1, 1, 0], [-1, 1, 0]], faces=[[0, 1, 2], [0, 2, 3]])
+    square.export(tmp_path / "square.ply")
+    folder = make_tiny_dataset(tmp_path / "square.ply", num_views=4, width=32, height=32, realistic=True)
+    masks = [_maps(folder, i)[0] for i in range(4)]
+    true_masks = [_maps(folder, i, truth=True)[0] for i in range(4)]
+    assert any(m.any() for m in true_masks) and not all(m.any() for m in true_masks)
+    for stored, true in zip(masks, true_masks):
+        assert stored.any() == true.any()
