@@ -10,7 +10,7 @@ space. Each (term, view) pair has its own random stream, so turning one term on 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Sequence
+from typing import Dict
 
 import numpy as np
 import scipy.ndimage
@@ -21,8 +21,9 @@ BIAS, GRAZING, CONCAVITY, MASK, INTRINSICS = range(10, 15)
 GRAZING_SPREAD = 0.25
 """Standard deviation of the smooth factor (mean 1, clipped at 0) that modulates the grazing term."""
 
-CONCAVITY_SMOOTHING_PX = 1.5
-"""Gaussian sigma (px) of the in-mask smoothing of the normals before their divergence is taken."""
+CONCAVITY_SMOOTHING = 0.012
+"""Gaussian sigma of the in-mask smoothing of the normals before their divergence is taken, as a fraction of the
+shorter side of the mask's box (at least 1.5 px): the proxy sees the same bumps at any resolution."""
 
 CONCAVITY_SATURATION = 4.0
 """The proxy c reaches 1 where the concave mean curvature is this many times 1 / (bounding radius)."""
@@ -43,7 +44,8 @@ NORMAL_ERROR_DEFINITION = (
 CONCAVITY_DEFINITION = (
     "c = clip(-H R / CONCAVITY_SATURATION, 0, 1), H the mean curvature of the visible surface estimated from the "
     "true camera-space normals as H = (d n_x / dx + d n_y / dy) / 2 (x, y in world units at the pixel's depth: "
-    f"pixel / (depth / focal); normals first smoothed in the mask with sigma {CONCAVITY_SMOOTHING_PX} px), "
+    f"pixel / (depth / focal); normals first smoothed in the mask with sigma {CONCAVITY_SMOOTHING} of the shorter "
+    "mask-box side, at least 1.5 px), "
     f"positive where the surface bulges toward the camera, R the bounding radius, CONCAVITY_SATURATION = "
     f"{CONCAVITY_SATURATION}; exact for a sphere (c = 0); occlusion edges, where the normals jump, count as "
     "curvature too"
@@ -75,15 +77,15 @@ def mask_box(mask: np.ndarray) -> tuple:
     return int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
 
 
-def smooth_field(rng: np.random.Generator, shape: Sequence[int], box: tuple, cells: int, channels: int) -> np.ndarray:
-    """(H, W, channels) bicubic spline through a cells x cells grid of N(0, 1) values spanning ``box``.
+def smooth_field(rng: np.random.Generator, pixels: np.ndarray, box: tuple, cells: int, channels: int) -> np.ndarray:
+    """(M, channels) bicubic spline through a cells x cells grid of N(0, 1) values spanning ``box``, at (M, 2) pixels.
 
     The grid's spacing is the shortest wavelength, so the field is smooth at the scale of the object in the image.
     """
     cells = max(int(cells), 2)
     grid = rng.normal(size=(channels, cells, cells))
     row0, row1, col0, col1 = box
-    rows, cols = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    rows, cols = pixels[:, 0], pixels[:, 1]
     coords = np.stack([
         (rows - row0) / max(row1 - row0, 1) * (cells - 1),
         (cols - col0) / max(col1 - col0, 1) * (cells - 1),
@@ -112,7 +114,9 @@ def _masked_smooth(values: np.ndarray, mask: np.ndarray, sigma: float) -> np.nda
 
 def concavity(normals_cam: np.ndarray, mask: np.ndarray, depth: np.ndarray, focal: float, radius: float) -> np.ndarray:
     """(H, W) concavity proxy in [0, 1] (see :data:`CONCAVITY_DEFINITION`), 0 outside the mask."""
-    smoothed = _masked_smooth(normals_cam, mask, CONCAVITY_SMOOTHING_PX)
+    row0, row1, col0, col1 = mask_box(mask)
+    sigma = max(1.5, CONCAVITY_SMOOTHING * (min(row1 - row0, col1 - col0) + 1))
+    smoothed = _masked_smooth(normals_cam, mask, sigma)
     # Image rows grow downward while camera y points up, hence the minus sign on d n_y / d row.
     divergence = np.gradient(smoothed[..., 0], axis=1) - np.gradient(smoothed[..., 1], axis=0)
     pixel_size = np.where(mask, depth, 1.0) / focal
@@ -132,15 +136,15 @@ def normal_error_tilts(
 ) -> Dict[str, np.ndarray]:
     """Each active term's (M, 3) tilt vectors (radians) at the mask pixels, in the camera frame."""
     n = normals_cam[mask]
-    shape, box = mask.shape, mask_box(mask)
+    pixels, box = np.argwhere(mask), mask_box(mask)
     tilts: Dict[str, np.ndarray] = {}
     if settings.bias_deg > 0:
-        field = smooth_field(view_rng(seed, BIAS, view), shape, box, settings.bias_cells, 3)[mask]
+        field = smooth_field(view_rng(seed, BIAS, view), pixels, box, settings.bias_cells, 3)
         t = tangent(field, n)
         mean = np.linalg.norm(t, axis=-1).mean()
         tilts["bias"] = t * (np.deg2rad(settings.bias_deg) / mean) if mean > 0 else np.zeros_like(t)
     if settings.grazing_deg > 0:
-        spread = smooth_field(view_rng(seed, GRAZING, view), shape, box, settings.bias_cells, 1)[mask][:, 0]
+        spread = smooth_field(view_rng(seed, GRAZING, view), pixels, box, settings.bias_cells, 1)[:, 0]
         # The spline through N(0, 1) values has less than unit variance: rescale so that the spread is as stated.
         spread = (spread - spread.mean()) / max(spread.std(), 1e-12)
         factor = np.maximum(0.0, 1.0 + GRAZING_SPREAD * spread)
@@ -149,7 +153,7 @@ def normal_error_tilts(
         tilts["grazing"] = angle[:, None] * _unit(tangent(np.array([0.0, 0.0, 1.0]), n))
     if settings.concavity_deg > 0:
         c = concavity(normals_cam, mask, depth, focal, radius)[mask]
-        field = smooth_field(view_rng(seed, CONCAVITY, view), shape, box, settings.bias_cells, 3)[mask]
+        field = smooth_field(view_rng(seed, CONCAVITY, view), pixels, box, settings.bias_cells, 3)
         tilts["concavity"] = (np.deg2rad(settings.concavity_deg) * c)[:, None] * _unit(tangent(field, n))
     return tilts
 

@@ -9,7 +9,7 @@ whenever the stored cameras differ (poses or intrinsics), ``cameras_gt.npz`` hol
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -34,7 +34,7 @@ from pmni_method.synth_masks import (
     nearest_fill,
     perturb_mask,
 )
-from pmni_method.synth_render import lean_toward_camera
+from pmni_method.synth_render import ViewRender, lean_toward_camera
 
 TRUE_WORLD_NORMAL_DIR = "normal_world_space_true"
 """The true world-space normal maps, when the stored ones carry errors."""
@@ -157,10 +157,20 @@ class StoredView:
     """Angular errors (deg) of the stored normals over the pixels in both masks."""
 
 
+NormalNoise = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""``noise(normals (M, 3), ray directions (M, 3)) -> normals``: the legacy per-pixel noise, applied last."""
+
+
 def apply_view_errors(
-    errors: InputErrors, view: Any, K: np.ndarray, c2w: np.ndarray, index: int, radius: float, noise: Any = None
+    errors: InputErrors,
+    view: ViewRender,
+    K: np.ndarray,
+    c2w: np.ndarray,
+    index: int,
+    radius: float,
+    noise: Optional[NormalNoise] = None,
 ) -> StoredView:
-    """Apply the normal and mask errors to one true render; ``noise(normals, mask)`` adds the legacy noise."""
+    """Apply the normal and mask errors to one true render (true camera ``K``, ``c2w``; view ``index``)."""
     mask = view.mask
     normals = np.array(view.normals, copy=True)
     # A view that does not see the object (an open mesh edge-on) has nothing to perturb: its statistics are None.
