@@ -210,16 +210,24 @@ def _mean_over_views(per_view: List[Optional[Dict[str, Any]]]) -> Dict[str, floa
 
 
 def report(
-    errors: InputErrors, views: List[StoredView], K_true: np.ndarray, K_stored: np.ndarray, write_truth: bool
+    errors: InputErrors,
+    stats: List[Dict[str, Any]],
+    angles: List[np.ndarray],
+    K_true: np.ndarray,
+    K_stored: np.ndarray,
+    write_truth: bool,
 ) -> Dict[str, Any]:
-    """The ``input_errors`` entry of synth.json: settings, definitions and the statistics actually produced."""
+    """The ``input_errors`` entry of synth.json: settings, definitions and the statistics actually produced.
+
+    ``stats`` and ``angles`` are the :class:`StoredView` fields of every view.
+    """
     normals: Dict[str, Any] = {
         "pixels": "inside both the stored and the true mask; stored vs true world-space maps as written (float32)",
-        "overall": summarise_angles(np.concatenate([v.angles for v in views])) if views else {},
-        "per_view": [v.stats["normals"] for v in views],
+        "overall": summarise_angles(np.concatenate(angles)) if angles else {},
+        "per_view": [v["normals"] for v in stats],
     }
     if errors.normals.active:
-        terms = [v.stats["terms_mean_tilt_deg"] for v in views]
+        terms = [v["terms_mean_tilt_deg"] for v in stats]
         normals["terms_mean_tilt_deg"] = _mean_over_views(terms)
         normals["terms_mean_tilt_deg_per_view"] = terms
     out: Dict[str, Any] = {
@@ -255,7 +263,7 @@ def report(
         },
     }
     if errors.masks.active:
-        per_view = [v.stats["mask"] for v in views]
+        per_view = [v["mask"] for v in stats]
         out["masks"] = {"overall": _mean_over_views(per_view), "per_view": per_view}
     return out
 
