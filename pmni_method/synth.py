@@ -2,24 +2,29 @@
 
 Layout written into the output folder (N views; file stems are 3-digit zero-based view indices)::
 
-    cameras_sphere.npz                  world_mat_<i> (4x4 K[R|t], world -> pixels; perturbed if pose noise is on),
-                                        scale_mat_<i> (normalised unit sphere -> world, the same for every view)
-    cameras_gt.npz                      only with pose noise: the true cameras, same keys
+    cameras_sphere.npz                  world_mat_<i> (4x4 K[R|t], world -> pixels; perturbed with pose or
+                                        intrinsics errors), scale_mat_<i> (normalised unit sphere -> world, one for all)
+    cameras_gt.npz                      only with pose or intrinsics errors: the true cameras (true K, true pose)
     normal_world_space_GT/<iii>.exr     float32 R,G,B = world x,y,z unit normals, 0 outside the mask
     normal_camera_space_GT/<iii>.exr    the same normals in DiLiGenT camera axes (x right, y up, z toward the camera)
     mask/<iii>.png                      8-bit 0/255
     integration/perspective/<iii>.npy   float32 (H, W) camera-z depth in world units (times a per-view factor with
-                                        depth-scale noise), 0 outside the mask
+                                        depth-scale noise), 0 outside the true mask
     mesh_Gt.ply                         the mesh in world units
-    synth.json                          every option, the seed, the mesh source and derived quantities
+    synth.json                          every option, the seed, the mesh source, derived quantities and the
+                                        statistics of the input errors actually produced (``input_errors``)
+    normal_world_space_true/, normal_camera_space_true/, mask_true/
+                                        only when the stored normal maps or masks carry errors: the true ones
 
-Normal maps, masks and depth are always rendered with the true cameras. The output appears whole or not at all
-(written into ``.NAME.partial-PID``, then renamed; see :mod:`pmni_method.staging`).
+Normal maps, masks and depth are always rendered with the true cameras; input errors (normal bias, grazing and
+concavity errors, mask errors: :mod:`pmni_method.synth_realistic`) are applied to the stored maps afterwards. The
+output appears whole or not at all (written into ``.NAME.partial-PID``, then renamed; see :mod:`pmni_method.staging`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -31,7 +36,7 @@ from typing import Callable, Dict, Literal, Optional, Tuple
 import numpy as np
 import trimesh
 
-from pmni_method import cameras
+from pmni_method import cameras, synth_realistic
 from pmni_method.data import io
 from pmni_method.data.layout import (
     CAMERA_NORMAL_DIR,
@@ -45,9 +50,13 @@ from pmni_method.data.layout import (
 from pmni_method.errors import PMNIDataError
 from pmni_method.npz import write_npz
 from pmni_method.poses.starts import POSE_NOISE_DEFINITION, perturb_poses
-from pmni_method.raycast import cast_first_hits, make_intersector
+from pmni_method.raycast import make_intersector
 from pmni_method.staging import Interrupts, commit, remove_stale_staging, staging_folder
 from pmni_method.synth_noise import NORMAL_NOISE_DEFINITION, depth_scale_factors, perturb_normals
+from pmni_method.synth_realistic import TRUE_CAMERA_NORMAL_DIR, TRUE_MASK_DIR, TRUE_WORLD_NORMAL_DIR, StoredView
+from pmni_method.synth_render import ViewRender, lean_toward_camera, render_view
+
+__all__ = ["ViewRender", "lean_toward_camera", "render_view"]  # re-exported: callers and tests patch synth.render_view
 
 UpAxis = Literal["x", "y", "z", "-x", "-y", "-z"]
 
@@ -56,11 +65,6 @@ DILIGENT_FOCAL = 3772.0
 
 INFO_FILE = "synth.json"
 """Every option, the seed, the mesh source and derived quantities of a generated dataset (only pmni-synth writes it)."""
-
-# Smooth normals at silhouettes can lean slightly away from the viewer although the hit face faces it; they are
-# pushed back to at least this cosine with the view direction (the true surface normal there is perpendicular).
-_MIN_FACING_COSINE = 1e-3
-
 
 @dataclass
 class SynthConfig:
@@ -100,6 +104,34 @@ class SynthConfig:
     """Gaussian noise on the stored camera centres, per axis, as a fraction of the camera distance (orbit radius)."""
     depth_scale_noise: float = 0.0
     """Each view's depth map is multiplied by exp(U(-x, x)), like depth from single-view normal integration."""
+    realistic: bool = False
+    """Turn on every input error below at SDM-UniPS-like magnitudes (README); an error option given still wins."""
+    error_seed: Optional[int] = None
+    """Seed of the input-error draws (normal-error fields, masks, intrinsics); default: --seed."""
+    normal_bias_deg: Optional[float] = None
+    """Smooth low-frequency normal bias, mean tilt over each view's mask in degrees (default 0; realistic 5.5)."""
+    normal_bias_cells: int = 3
+    """Control points per side of the smooth random fields, spanning the object's image box (their wavelength)."""
+    grazing_error_deg: Optional[float] = None
+    """Tilt toward the camera by this times (1 - n_z) degrees, n_z camera-space (default 0; realistic 14)."""
+    concavity_error_deg: Optional[float] = None
+    """Tilt by this times c degrees in a smooth random direction, c a concavity proxy (default 0; realistic 10)."""
+    mask_offset_px: Optional[float] = None
+    """Move every mask boundary outward by this many pixels, negative erodes (default 0; realistic 0.5)."""
+    mask_boundary_jitter_px: Optional[float] = None
+    """Std (px) of a smooth random in/out displacement along each mask boundary (default 0; realistic 1.5)."""
+    mask_holes: Optional[int] = None
+    """Disks removed from each mask just inside its boundary (default 0; realistic 1)."""
+    mask_spurs: Optional[int] = None
+    """Disks added to each mask just outside its boundary (default 0; realistic 1)."""
+    mask_blob_radius_px: float = 2.0
+    """Radius in pixels of the mask holes and spurs."""
+    focal_error: Optional[float] = None
+    """Relative focal error of the stored cameras, f (1 +- x) with a random sign (default 0; realistic 0.01)."""
+    principal_point_error_px: Optional[float] = None
+    """Stored principal point moved this many pixels in a random direction (default 0; realistic 2)."""
+    intrinsics_per_view: bool = False
+    """Draw the intrinsics error per view (per-image calibration) instead of once for all views."""
     seed: int = 0
     """Seed of every random draw."""
     overwrite: bool = False
@@ -124,18 +156,6 @@ class Rig:
     """Camera distance from ``centre`` (the orbit radius)."""
 
 
-@dataclass
-class ViewRender:
-    """Ground truth of one view, before noise."""
-
-    mask: np.ndarray
-    """(H, W) bool."""
-    normals: np.ndarray
-    """(H, W, 3) float64 world unit normals facing the camera, 0 outside the mask."""
-    depth: np.ndarray
-    """(H, W) float64 camera-z depth in world units, 0 outside the mask."""
-
-
 def up_vector(axis: str) -> np.ndarray:
     """Unit vector of an axis name such as ``"y"`` or ``"-z"``."""
     vec = np.zeros(3)
@@ -157,6 +177,7 @@ def validate_config(config: SynthConfig) -> None:
     for name in ("normal_noise_deg", "pose_rotation_noise_deg", "pose_translation_noise", "depth_scale_noise"):
         value = getattr(config, name)
         checks.append((np.isfinite(value) and value >= 0, "--" + name.replace("_", "-"), "must be >= 0"))
+    checks.extend(synth_realistic.option_problems(config))
     for ok, option, problem in checks:
         if not ok:
             raise PMNIDataError(f"{option}: {problem}")
@@ -226,57 +247,12 @@ def make_rig(mesh: trimesh.Trimesh, config: SynthConfig) -> Rig:
     return Rig(K=K, c2w=c2w, scale_mat=scale_mat, centre=centre, radius=radius, distance=float(distance))
 
 
-def _candidate_pixels(mesh: trimesh.Trimesh, K: np.ndarray, c2w: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(row, col) of the pixels inside the bounding box of the projected mesh: no other pixel can see it.
-
-    Exact because every vertex is in front of the camera, so each triangle projects inside its vertices' hull.
-    """
-    uv, _ = cameras.project_points(K, c2w, mesh.vertices)
-    col0, row0 = np.maximum(np.floor(uv.min(axis=0)).astype(int) - 1, 0)
-    col1 = min(int(np.ceil(uv[:, 0].max())) + 1, width - 1)
-    row1 = min(int(np.ceil(uv[:, 1].max())) + 1, height - 1)
-    if col0 > col1 or row0 > row1:
-        return np.zeros((0, 2), dtype=np.int64)
-    rows, cols = np.meshgrid(np.arange(row0, row1 + 1), np.arange(col0, col1 + 1), indexing="ij")
-    return np.stack([rows.ravel(), cols.ravel()], axis=-1)
-
-
-def _lean_toward_camera(normals: np.ndarray, dirs: np.ndarray) -> np.ndarray:
-    """Push normals that lean away from their rays' origins back to a cosine of at least ``_MIN_FACING_COSINE``."""
-    n = np.array(normals, copy=True)
-    cosine = -np.einsum("ij,ij->i", n, dirs)
-    lean = cosine < _MIN_FACING_COSINE
-    if np.any(lean):
-        n[lean] -= (_MIN_FACING_COSINE - cosine[lean])[:, None] * dirs[lean]
-        n[lean] /= np.linalg.norm(n[lean], axis=1, keepdims=True)
-    return n
-
-
-def render_view(
-    mesh: trimesh.Trimesh, intersector, K: np.ndarray, c2w: np.ndarray, height: int, width: int, flat: bool = False
-) -> ViewRender:
-    """Ray-cast one view: first hits only, normals oriented toward the camera."""
-    mask = np.zeros((height, width), dtype=bool)
-    normals = np.zeros((height, width, 3))
-    depth = np.zeros((height, width))
-    pixels = _candidate_pixels(mesh, K, c2w, height, width)
-    if len(pixels) == 0:
-        return ViewRender(mask, normals, depth)
-    origins, dirs = cameras.pixel_rays(K, c2w, height, width, pixels)
-    hits = cast_first_hits(mesh, origins, dirs, normal_type="face" if flat else "interpolated", intersector=intersector)
-    pixels, dirs = pixels[hits.hit], dirs[hits.hit]
-    rows, cols = pixels[:, 0], pixels[:, 1]
-    mask[rows, cols] = True
-    normals[rows, cols] = _lean_toward_camera(hits.normals[hits.hit], dirs)
-    depth[rows, cols] = hits.distances[hits.hit] * (dirs @ np.asarray(c2w)[:3, 2])
-    return ViewRender(mask, normals, depth)
-
-
 def camera_arrays(K: np.ndarray, c2w: np.ndarray, scale_mat: np.ndarray) -> Dict[str, np.ndarray]:
-    """The ``cameras_sphere.npz`` dictionary: world_mat_<i> and scale_mat_<i> for every view."""
+    """The ``cameras_sphere.npz`` dictionary: world_mat_<i> and scale_mat_<i> for every view (K (3, 3) or (N, 3, 3))."""
     arrays: Dict[str, np.ndarray] = {}
+    K = np.asarray(K)
     for i, pose in enumerate(c2w):
-        arrays[f"world_mat_{i}"] = cameras.compose_world_mat(K, pose)
+        arrays[f"world_mat_{i}"] = cameras.compose_world_mat(K[i] if K.ndim == 3 else K, pose)
         arrays[f"scale_mat_{i}"] = np.array(scale_mat, dtype=np.float64)
     return arrays
 
@@ -294,7 +270,7 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _info(config: SynthConfig, mesh: trimesh.Trimesh, rig: Rig, factors: np.ndarray) -> dict:
+def _info(config: SynthConfig, mesh: trimesh.Trimesh, rig: Rig, factors: np.ndarray, errors: dict) -> dict:
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(config).items()}
     return {
         "generator": "pmni-synth",
@@ -316,7 +292,9 @@ def _info(config: SynthConfig, mesh: trimesh.Trimesh, rig: Rig, factors: np.ndar
         "normal_noise_definition": NORMAL_NOISE_DEFINITION,
         "pose_noise_definition": POSE_NOISE_DEFINITION,
         "poses_perturbed": bool(config.pose_rotation_noise_deg > 0 or config.pose_translation_noise > 0),
+        "intrinsics_perturbed": bool(np.any(np.asarray(errors["intrinsics"]["K_stored"]) != rig.K)),
         "depth_scale_factors": factors.tolist(),
+        "input_errors": errors,
     }
 
 
@@ -343,7 +321,10 @@ def render_dataset(
         rig.c2w, config.pose_rotation_noise_deg, config.pose_translation_noise, pose_rng, reference_radius=rig.distance
     )
     factors = depth_scale_factors(config.num_views, config.depth_scale_noise, depth_rng)
-    perturbed = config.pose_rotation_noise_deg > 0 or config.pose_translation_noise > 0
+    errors = synth_realistic.resolve(config)
+    stored_K = synth_realistic.stored_intrinsics(rig.K, config.num_views, errors)
+    perturbed = config.pose_rotation_noise_deg > 0 or config.pose_translation_noise > 0 or errors.intrinsics_active
+    truth = synth_realistic.truth_needed(errors, config.normal_noise_deg)
 
     staging = staging_folder(output, "partial", os.getpid())
     with Interrupts() as interrupts:
@@ -351,19 +332,33 @@ def render_dataset(
             output.parent.mkdir(parents=True, exist_ok=True)
             if staging.exists():
                 shutil.rmtree(staging)
-            for sub in (WORLD_NORMAL_DIR, CAMERA_NORMAL_DIR, MASK_DIR, DEPTH_DIR):
+            for sub in (WORLD_NORMAL_DIR, CAMERA_NORMAL_DIR, MASK_DIR, DEPTH_DIR) + (
+                synth_realistic.TRUE_DIRS if truth else ()
+            ):
                 (staging / sub).mkdir(parents=True)
-            write_npz(staging / CAMERAS_FILE, camera_arrays(rig.K, stored_c2w, rig.scale_mat))
+            write_npz(staging / CAMERAS_FILE, camera_arrays(stored_K, stored_c2w, rig.scale_mat))
+            # The true K [R | t] whenever the stored cameras differ, in poses or intrinsics.
             if perturbed:
                 write_npz(staging / GT_CAMERAS_FILE, camera_arrays(rig.K, rig.c2w, rig.scale_mat))
             mesh.export(staging / GT_MESH_FILE)
             intersector = make_intersector(mesh)
+            noise = None
+            if config.normal_noise_deg > 0:
+                noise = functools.partial(_legacy_noise, sigma_deg=config.normal_noise_deg, rng=normal_rng)
+            stats, angles = [], []
             for i, c2w in enumerate(rig.c2w):
                 view = render_view(mesh, intersector, rig.K, c2w, config.height, config.width, config.flat_normals)
-                _write_view(staging, i, view, rig.K, c2w, config, normal_rng, factors[i])
+                stored = synth_realistic.apply_view_errors(errors, view, rig.K, c2w, i, rig.radius, noise)
+                if view.mask.any() and not stored.mask.any():
+                    raise PMNIDataError(f"view {i}: the mask errors leave its mask empty; use smaller mask errors")
+                _write_view(staging, i, view, stored, c2w, factors[i], truth)
+                # Only the statistics are kept: the maps of every view at once would take 150 MB at 612x512.
+                stats.append(stored.stats)
+                angles.append(stored.angles)
                 if progress is not None:
                     progress(i)
-            (staging / INFO_FILE).write_text(json.dumps(_info(config, mesh, rig, factors), indent=2) + "\n")
+            report = synth_realistic.report(errors, stats, angles, rig.K, stored_K, truth)
+            (staging / INFO_FILE).write_text(json.dumps(_info(config, mesh, rig, factors, report), indent=2) + "\n")
             # A signal between the two renames of a replacement would leave no dataset at the output path.
             with interrupts.deferred():
                 commit(staging, output)
@@ -379,19 +374,23 @@ def render_dataset(
     return output
 
 
+def _legacy_noise(normals: np.ndarray, dirs: np.ndarray, sigma_deg: float, rng: np.random.Generator) -> np.ndarray:
+    return perturb_normals(normals, sigma_deg, rng, dirs)
+
+
 def _write_view(
-    folder: Path, index: int, view: ViewRender, K: np.ndarray, c2w: np.ndarray, config: SynthConfig,
-    rng: np.random.Generator, depth_factor: float,
+    folder: Path, index: int, view: ViewRender, stored: StoredView, c2w: np.ndarray, depth_factor: float, truth: bool
 ) -> None:
-    """Write one view's files; normal noise and the depth factor are applied here, to the true-camera render."""
+    """Write one view's files (stored maps with their errors; the true ones beside them when they differ)."""
     stem = f"{index:03d}"
-    normals = view.normals
-    if config.normal_noise_deg > 0:
-        normals = normals.copy()
-        _, dirs = cameras.pixel_rays(K, c2w, config.height, config.width, np.argwhere(view.mask))
-        normals[view.mask] = perturb_normals(normals[view.mask], config.normal_noise_deg, rng, dirs)
-    io.write_exr(folder / WORLD_NORMAL_DIR / f"{stem}.exr", normals.astype(np.float32))
-    camera_normals = cameras.world_normals_to_camera(normals, c2w) * view.mask[..., None]
-    io.write_exr(folder / CAMERA_NORMAL_DIR / f"{stem}.exr", camera_normals.astype(np.float32))
-    io.write_mask(folder / MASK_DIR / f"{stem}.png", view.mask)
+    maps = [(WORLD_NORMAL_DIR, CAMERA_NORMAL_DIR, MASK_DIR, stored.normals, stored.mask)]
+    if truth:
+        maps.append((TRUE_WORLD_NORMAL_DIR, TRUE_CAMERA_NORMAL_DIR, TRUE_MASK_DIR, view.normals, view.mask))
+    for world_dir, camera_dir, mask_dir, normals, mask in maps:
+        io.write_exr(folder / world_dir / f"{stem}.exr", normals.astype(np.float32))
+        # The stored normals are expressed in the TRUE camera: the same normal in both frames.
+        camera_normals = cameras.world_normals_to_camera(normals, c2w) * mask[..., None]
+        io.write_exr(folder / camera_dir / f"{stem}.exr", camera_normals.astype(np.float32))
+        io.write_mask(folder / mask_dir / f"{stem}.png", mask)
+    # Depth keeps the true mask's support: it is a pseudo-depth, not a measured input.
     np.save(folder / DEPTH_DIR / f"{stem}.npy", (view.depth * depth_factor).astype(np.float32))

@@ -3,6 +3,7 @@
 Example::
 
     pmni-synth --mesh bunny.obj --output data/bunny --world-scale 1000 --normal-noise-deg 2
+    pmni-synth --mesh bunny.obj --output data/bunny-real --world-scale 1000 --realistic --mask-holes 0
 """
 
 from __future__ import annotations
@@ -52,6 +53,24 @@ def main(config: SynthConfig) -> int:
     console.print(f"  resolution   {config.width}x{config.height} px, focal {config.focal:g} px")
     console.print(f"  world units  mesh units x {config.world_scale:g}")
     console.print(f"  bbox diag    {info['bbox_diagonal_world']:.6g} world units")
+    errors = info["input_errors"]
+    normals = errors["normals"]["overall"]
+    if errors["maps_perturbed"]:
+        console.print(
+            f"  normal error {normals['mean_deg']:.2f} deg mean, {normals['median_deg']:.2f} median, "
+            f"{normals['p90_deg']:.2f} p90"
+        )
+        console.print(f"  true maps    {errors['truth']['world_normals']}, {errors['truth']['masks']}")
+    if "masks" in errors:
+        masks = errors["masks"]["overall"]
+        console.print(f"  mask error   IoU {masks['iou']:.3f}, boundary {masks['boundary_error_mean_px']:.2f} px")
+    if info["intrinsics_perturbed"]:
+        offsets = errors["intrinsics"]
+        console.print(
+            f"  intrinsics   focal {offsets['focal_offset_px'][0]:+.3g} px, principal point "
+            f"{offsets['principal_point_offset_px'][0][0]:+.3g}, {offsets['principal_point_offset_px'][0][1]:+.3g} px"
+            + (" (view 0)" if config.intrinsics_per_view else "")
+        )
     console.print(f"  time         {elapsed:.2f} s")
     return 0
 
