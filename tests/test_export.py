@@ -346,7 +346,7 @@ def test_cli_records_the_checkpoint_in_mesh_and_poses(tmp_path, monkeypatch, cap
     assert "note: run did not finish: meshing checkpoint step 449 of 900\n" in printed
     expected = {
         "run": str(tmp_path / "config.yml"), "checkpoint": str(tmp_path / "step-000000449.ckpt"), "step": 449,
-        "max_num_iterations": 900, "finished": False,
+        "max_num_iterations": 900, "finished": False, "units": "world",
     }
     assert read_mesh_source(out) == expected
     # The record is a comment: trimesh reads the same mesh as without it.
@@ -418,10 +418,15 @@ def test_export_of_a_real_run_records_its_checkpoint(trained_run: Path, tmp_path
     assert export_cli.main(export_cli.ExportConfig(load_config=trained_run, output=out, resolution=16)) == 0
     assert "did not finish" not in capsys.readouterr().out
     expected = {
-        "run": str(trained_run), "checkpoint": str(checkpoint), "step": 1, "max_num_iterations": 2, "finished": True
+        "run": str(trained_run), "checkpoint": str(checkpoint), "step": 1, "max_num_iterations": 2, "finished": True,
+        "units": "world",
     }
     assert read_mesh_source(out) == expected
     assert all(e["source"] == expected for e in json.loads((tmp_path / "mesh.poses.json").read_text()))
+    # A calibrated run's poses as nerfstudio transforms.json too: world units, full-resolution intrinsics.
+    transforms = json.loads((tmp_path / "mesh.transforms.json").read_text())
+    assert transforms["pmni"]["units"] == "world" and not transforms["pmni"]["refined"]
+    assert len(transforms["frames"]) == 8 and transforms["frames"][0]["w"] == 64
 
     # The same run, had it been stopped at that step (the trainer marks such a checkpoint unfinished).
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)

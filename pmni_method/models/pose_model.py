@@ -53,9 +53,9 @@ class PoseModelConfig:
 
     _target: Type = field(default_factory=lambda: PoseModel)
     """Target class to instantiate."""
-    mode: Literal["auto", "off", "SE3"] = "auto"
-    """auto: SE3 for any start but --pose-init gt (pose-free), else off; off: poses stay as loaded; SE3: one
-    left-applied se(3) correction per training camera (param group camera_opt)."""
+    mode: Literal["auto", "off", "SE3"] = "off"
+    """off: poses stay as loaded; SE3: one left-applied se(3) correction per training camera (param group
+    camera_opt); auto: SE3 for any start but --pose-init gt (decided by presets.pose_settings)."""
     trans_l2_penalty: float = 0.0
     """Weight of the mean norm of the corrections' translation parts (0: a pose-free run must be free to move far)."""
     rot_l2_penalty: float = 0.0
@@ -65,14 +65,14 @@ class PoseModelConfig:
     from the origin. A unit of translation then shifts the image about as much as a radian of rotation does, so
     Adam, which steps every coordinate at the same rate, moves a camera about its own centre (translation = distance
     x angle) as readily as about the object."""
-    gauge: Literal["auto", "frozen-camera", "mean"] = "auto"
+    gauge: Literal["auto", "frozen-camera", "mean"] = "frozen-camera"
     """How the unobservable global motion is fixed. frozen-camera: one camera never moves (PMNI). mean: every camera
     moves and the corrections are taken relative to their mean, so no camera's initial error anchors the others.
     auto: by the start (presets.pose_free_gauge: mean from a ring, else frozen-camera)."""
     frozen_camera: int = 0
     """With gauge frozen-camera: the training camera whose correction stays exactly the identity; negative counts
     from the end."""
-    recentre_on_masks: Optional[bool] = None
+    recentre_on_masks: Optional[bool] = False
     """None: on for a pose-free start (any but gt) when refining. Before training, turn each camera about its own centre so that its mask centroid looks at the origin (the
     object centre of the normalised frame). Pose-free starts can be off by more than the object's angular size, so
     that foreground rays miss the scene sphere and give no gradient; this brings every view onto the object."""

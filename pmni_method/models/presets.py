@@ -174,6 +174,19 @@ def pose_free_stages(stages: Tuple[LossStage, ...], mvc_weight: float = 1.0) -> 
     return tuple(replace(stage, mvc=max(stage.mvc, mvc_weight)) if stage.normal > 0 else stage for stage in stages)
 
 
+def resolve_pose_model(pose: PoseModelConfig, pose_init: str) -> PoseModelConfig:
+    """A copy of the pose model's config with mode, gauge and recentring decided for a start (see
+    :func:`pose_settings`); settings given explicitly are kept."""
+    refine = pose.mode == "SE3" or (pose.mode == "auto" and pose_init != "gt")
+    recentre = pose.recentre_on_masks
+    return replace(
+        pose,
+        mode="SE3" if refine else "off",
+        gauge=pose_free_gauge(pose_init) if pose.gauge == "auto" else pose.gauge,
+        recentre_on_masks=(refine and pose_init != "gt") if recentre is None else bool(recentre),
+    )
+
+
 def pose_settings(
     pose: PoseModelConfig, schedule: LossScheduleConfig, pose_init: str
 ) -> Tuple[PoseModelConfig, LossScheduleConfig]:
@@ -184,15 +197,8 @@ def pose_settings(
     calibrated. Settings given explicitly are kept (``mode SE3`` from ``gt`` refines calibrated poses, ``mode off``
     from a ring trains on the ring as it is, ``pose_free_mvc 0`` leaves the stages alone).
     """
-    refine = pose.mode == "SE3" or (pose.mode == "auto" and pose_init != "gt")
-    recentre = pose.recentre_on_masks
-    pose = replace(
-        pose,
-        mode="SE3" if refine else "off",
-        gauge=pose_free_gauge(pose_init) if pose.gauge == "auto" else pose.gauge,
-        recentre_on_masks=(refine and pose_init != "gt") if recentre is None else bool(recentre),
-    )
-    if refine:
+    pose = resolve_pose_model(pose, pose_init)
+    if pose.mode == "SE3":
         # getattr: schedules saved in a config.yml before the field existed.
         schedule = replace(schedule, stages=pose_free_stages(schedule.stages, getattr(schedule, "pose_free_mvc", 1.0)))
     return pose, schedule
@@ -215,5 +221,6 @@ __all__ = [
     "pose_free_gauge",
     "pose_free_stages",
     "pose_settings",
+    "resolve_pose_model",
     "with_iterations",
 ]

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from pmni_method import cameras_torch
 from pmni_method.models.pose_model import PoseModel, PoseModelConfig
+from pmni_method.models.presets import resolve_pose_model
 
 # Keys a checkpoint written before the pose model moved into the core holds directly under camera_optimizer.
 _PRE_CORE_KEYS = ("xi", "start", "xi_scale")
@@ -38,6 +39,12 @@ class PoseRefinerConfig(PoseModelConfig, CameraOptimizerConfig):
     mode: Literal["auto", "off", "SE3"] = "auto"
     """auto: SE3 for any start but --pose-init gt (pose-free), else off; off: poses stay as loaded; SE3: one
     left-applied se(3) correction per training camera (param group camera_opt)."""
+    gauge: Literal["auto", "frozen-camera", "mean"] = "auto"
+    """How the unobservable global motion is fixed: frozen-camera (PMNI: one camera never moves), mean (every camera
+    moves, corrections taken relative to their mean); auto: mean from a ring start, frozen-camera otherwise."""
+    recentre_on_masks: Optional[bool] = None
+    """Turn each camera about its centre so that its mask centroid looks at the object centre before training;
+    None: on for a pose-free start (any but gt)."""
 
 
 class PoseRefiner(CameraOptimizer):
@@ -56,8 +63,8 @@ class PoseRefiner(CameraOptimizer):
         non_trainable_camera_indices: Optional[Int[Tensor, "num_non_trainable_cameras"]] = None,
         **kwargs: Any,
     ) -> None:
-        if config.mode not in ("off", "SE3"):
-            raise ValueError(f"camera_optimizer.mode must be 'off' or 'SE3' for pmni, not {config.mode!r}")
+        # PMNIModel decides "auto" from the data's start; a refiner set up without one is a calibrated one.
+        config = resolve_pose_model(config, "gt")
         # The parent would create its own (N, 6) pose_adjustment for "SE3"; ours live in the pose model.
         super().__init__(dataclasses.replace(config, mode="off"), num_cameras, device, non_trainable_camera_indices)
         self.config = config

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import tyro
 
 from pmni_method.atomic import FileGroup, PublishError
-from pmni_method.errors import EXIT_BAD_INPUT, PMNIInputError, print_error
+from pmni_method.errors import EXIT_BAD_INPUT, PMNIDataError, PMNIInputError, print_error
 from pmni_method.scripts.export_poses import (  # noqa: F401  (poses_json and write_poses_atomic: public here too)
     pipeline_transforms,
     poses_json,
@@ -268,11 +268,16 @@ def main(config: ExportConfig) -> int:
             else:
                 try:
                     poses_data = poses_text(poses_json(view_ids, c2w_world, refined, record)).encode()
-                    if transforms_output is not None:
-                        meta = dict(record, refined=refined, note="pmni training views; OpenGL camera-to-world")
-                        transforms_data = poses_text(pipeline_transforms(pipeline, view_ids, c2w_world, meta)).encode()
                 except ValueError:
                     raise PMNIInputError(f"{poses_output}: cannot write poses (the run's poses have NaN or Inf entries)")
+                if transforms_output is not None:
+                    meta = dict(record, refined=refined, note="pmni training views; OpenGL camera-to-world")
+                    try:
+                        transforms_data = poses_text(pipeline_transforms(pipeline, view_ids, c2w_world, meta)).encode()
+                    except (AttributeError, KeyError, TypeError, IndexError, PMNIDataError) as e:
+                        # Mesh and poses are still worth having from a run that cannot name its images.
+                        console.print(f"note: no transforms.json: the run's images are unknown ({e})", markup=False)
+                        transforms_output = None
 
         # Mesh and poses describe one state of the run: all files are replaced, or none (FileGroup).
         files = [(config.output, "mesh", mesh_bytes(mesh, suffix, record))]
