@@ -112,7 +112,10 @@ if phase deps "$CAP_DEPS" bash -c 'set -e
     if [ -n "$1" ]; then
         "$3" -c "import platform, sys; sys.exit(sys.version_info[:2] != (3, 11) or platform.machine() != \"x86_64\")" || {
             echo "deps: the carry holds CPython 3.11 x86_64 binaries; $3 is $("$3" -VV 2>&1) on $(uname -m)"; exit 3; }
-        tar -xJf "$1" -C "$2"; echo "deps: unpacked $1"
+        # the tarfile and lzma modules of python where the machine has no xz binary
+        if command -v xz >/dev/null; then tar -xJf "$1" -C "$2"
+        else "$3" -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$1" "$2"; fi
+        echo "deps: unpacked $1"
     else echo "deps: no carry: $3 as it is"; fi
     exec "$3" "$4" deps --json "$5"' _ "$TARBALL" "$WORK/site" "$PY" "$ROOT/benchmarks/gpu_bench.py" "$OUTDIR/deps.json"; then DEPS_OK=1; else DEPS_OK=0; fi
 if [ "$DEPS_OK" = 1 ] && [ "$DEVICE" = cuda ] && ! "$PY" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then
@@ -132,7 +135,8 @@ fi
 DATA=$WORK/bunny$VIEWS
 MESH=${PMNI_GPU_MESH:-}
 if [ -z "$MESH" ] && [ -f "$CARRY/stanford-bunny.obj.gz" ]; then
-    gunzip -c "$CARRY/stanford-bunny.obj.gz" > "$WORK/stanford-bunny.obj" && MESH=$WORK/stanford-bunny.obj
+    "$PY" -c "import gzip, shutil, sys; shutil.copyfileobj(gzip.open(sys.argv[1]), open(sys.argv[2], 'wb'))" \
+        "$CARRY/stanford-bunny.obj.gz" "$WORK/stanford-bunny.obj" && MESH=$WORK/stanford-bunny.obj
 fi
 for m in "$ROOT/../shared/data/meshes/stanford-bunny.obj" "$ROOT/shared/data/meshes/stanford-bunny.obj"; do
     [ -n "$MESH" ] || { [ -f "$m" ] && MESH=$m; }
