@@ -64,7 +64,7 @@ def run_core(core: PMNICore, batch: Dict[str, torch.Tensor], step: int) -> Dict[
         params = [p for name in groups for p in groups[name]]
         grads = torch.autograd.grad(sum(losses.values()), params, allow_unused=True)
     out: Dict[str, Any] = {k: outputs[k].detach().cpu() for k in ("normal", "accumulation", "depth", "num_samples")}
-    out["losses"] = {k: float(v) for k, v in losses.items()}
+    out["losses"] = {k: float(v.detach()) for k, v in losses.items()}
     out["grads"] = {}
     i = 0
     for name in groups:
