@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages pmni needs beside PyPI. Required: libusb for open3d (imported by ns-export). Optional: jemalloc
 # (faster CPU training) and chromium (tests/test_viewer.py drives it headless; the test skips without it).
-# Quick when already present; only a hint when we cannot install as root.
+# Quick when already present; only a hint when we cannot install as root. A line per step (the Makefile's install
+# shows progress; apt's own output is kept quiet).
 set -uo pipefail
 required=(libusb-1.0-0)
 optional=(libjemalloc2 chromium)
@@ -13,6 +14,7 @@ if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
     echo "note: please install these Debian packages: ${need[*]} ${want[*]} (ns-export needs libusb-1.0-0)" >&2
     exit 0
 fi
+echo "missing Debian packages: ${need[*]} ${want[*]}; updating the package lists (apt-get update)"
 apt-get update -qq >/dev/null || true
 export DEBIAN_FRONTEND=noninteractive
 if [ ${#need[@]} -gt 0 ]; then
