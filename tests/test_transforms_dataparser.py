@@ -15,7 +15,6 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 import pytest
-import scipy.ndimage
 
 from pmni_method import cameras
 from pmni_method.data import io
@@ -27,8 +26,8 @@ from pmni_method.errors import PMNIDataError
 from pmni_method.poses.starts import PoseInitConfig
 
 VIEWS = list(range(8))
-K1, K2 = -0.25, 0.08
-"""Barrel distortion of the wide-angle capture: about 3 pixels at the 80x64 image's corners (focal 60 px)."""
+K1, K2 = -0.4, 0.1
+"""Barrel distortion of the wide-angle capture (focal 60 px, 80x64): it moves mask pixels by up to 1.9 px."""
 
 
 def write_transforms(
@@ -72,3 +71,160 @@ def write_transforms(
 
 def world_normals(data) -> np.ndarray:
     return np.where(data.masks[..., None], data.normalisation.normals_to_world(data.normals.astype(np.float64)), 0.0)
+
+
+def distort_capture(src: Path, dst: Path, k1: float = K1, k2: float = K2) -> Path:
+    """``src`` as a capture whose lens has radial distortion ``k1, k2``: its masks and camera-space normals
+    ray cast from ``mesh_Gt.ply`` through each distorted pixel's ray (the pinhole ray through nerfstudio's own
+    ``radial_and_tangential_undistort`` of the pixel), so the maps are exact and no resampling blurs them."""
+    import torch
+    import trimesh
+    from nerfstudio.cameras.camera_utils import radial_and_tangential_undistort
+
+    from pmni_method.raycast import cast_first_hits
+
+    path = write_transforms(src, dst, distortion={"k1": k1, "k2": k2})
+    cams = read_dataset_cameras(src, VIEWS)
+    K = cams.K[0]
+    height, width = io.read_mask(src / "mask" / "000.png").shape
+    rows, cols = np.meshgrid(np.arange(height, dtype=np.float64), np.arange(width, dtype=np.float64), indexing="ij")
+    distorted = torch.from_numpy(np.stack([(cols - K[0, 2]) / K[0, 0], (rows - K[1, 2]) / K[1, 1]], axis=-1))
+    params = torch.tensor([k1, k2, 0.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    pinhole = radial_and_tangential_undistort(distorted, params, eps=1e-12, max_iterations=50).numpy().reshape(-1, 2)
+    rays_cam = np.concatenate([pinhole, np.ones((len(pinhole), 1))], axis=1)
+    mesh = trimesh.load(src / "mesh_Gt.ply", force="mesh")
+    for view in VIEWS:
+        c2w = cams.c2w_world[view]
+        dirs = rays_cam @ c2w[:3, :3].T
+        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+        hits = cast_first_hits(mesh, np.broadcast_to(c2w[:3, 3], dirs.shape).copy(), dirs)
+        mask = hits.hit.reshape(height, width)
+        normals = cameras.world_normals_to_camera(np.nan_to_num(hits.normals), c2w).reshape(height, width, 3)
+        io.write_mask(dst / "masks" / f"{view:03d}.png", mask)
+        io.write_exr(dst / "normals" / f"{view:03d}.exr", np.where(mask[..., None], normals, 0.0))
+    return path
+
+
+def silhouette_scores(data) -> np.ndarray:
+    """(N, 2) per view: IoU of the GT mesh's silhouette (ray cast through the loaded pinhole cameras) with the
+    loaded mask, and the mean angle (degrees) between the loaded and the mesh's normals where both exist."""
+    import trimesh
+
+    from pmni_method.raycast import render_view
+
+    mesh = trimesh.load(data.gt_mesh, force="mesh")
+    c2w_world = data.normalisation.c2w_to_world(data.c2w)
+    normals = world_normals(data)
+    out = []
+    for pos in range(data.num_views):
+        pixels, hits = render_view(mesh, data.K[pos], c2w_world[pos], data.height, data.width)
+        silhouette = hits.hit.reshape(data.height, data.width)
+        mask = data.masks[pos]
+        iou = (silhouette & mask).sum() / (silhouette | mask).sum()
+        both = hits.hit & mask.reshape(-1)
+        cosines = np.sum(hits.normals[both] * normals[pos].reshape(-1, 3)[both], axis=-1)
+        out.append((iou, np.degrees(np.mean(np.arccos(np.clip(cosines, -1.0, 1.0))))))
+    return np.array(out)
+
+
+def load_both(bunny_dir: Path, path: Path, normal_folder: str = "normal_camera_space_GT", **options: Any):
+    ours = load_transforms_json(path, normal_dir="normals", **options)
+    theirs = load_diligent_mv(bunny_dir, normal_dir=normal_folder, load_depth=False)
+    return ours, theirs
+
+
+def assert_same_views(ours, theirs, normal_atol: float = 1e-6) -> None:
+    """Same cameras, rays, masks and world-space normals in the world frame; each in its own normalised frame."""
+    assert ours.view_ids == theirs.view_ids
+    np.testing.assert_allclose(ours.K, theirs.K, rtol=0, atol=1e-9)
+    scale = np.abs(theirs.normalisation.c2w_to_world(theirs.c2w)[:, :3, 3]).max()
+    np.testing.assert_allclose(
+        ours.normalisation.c2w_to_world(ours.c2w), theirs.normalisation.c2w_to_world(theirs.c2w), rtol=0,
+        atol=1e-9 * scale,
+    )
+    for pos in (0, ours.num_views - 1):
+        o_ours, d_ours = cameras.pixel_rays(ours.K[pos], ours.normalisation.c2w_to_world(ours.c2w[pos]), 64, 80)
+        o_theirs, d_theirs = cameras.pixel_rays(theirs.K[pos], theirs.normalisation.c2w_to_world(theirs.c2w[pos]), 64, 80)
+        np.testing.assert_allclose(o_ours, o_theirs, rtol=0, atol=1e-9 * scale)
+        np.testing.assert_allclose(d_ours, d_theirs, rtol=0, atol=1e-9)
+    assert np.array_equal(ours.masks, theirs.masks)
+    np.testing.assert_allclose(world_normals(ours), world_normals(theirs), rtol=0, atol=normal_atol)
+
+
+def mesh_radius(data) -> float:
+    import trimesh
+
+    vertices = trimesh.load(data.gt_mesh, force="mesh").vertices
+    return float(np.linalg.norm(data.normalisation.to_normalised(np.asarray(vertices)), axis=1).max())
+
+
+# ------------------------------------------------------------------------------------------ equivalence
+
+
+def test_camera_space_capture_matches_diligent_mv(bunny_dir: Path, tmp_path: Path) -> None:
+    ours, theirs = load_both(bunny_dir, write_transforms(bunny_dir, tmp_path / "capture"), normal_space="camera")
+    assert_same_views(ours, theirs)
+    assert ours.normal_space == "camera" and ours.pose_init == "gt" and ours.gt_c2w is None
+    assert ours.gt_mesh == tmp_path / "capture" / "mesh_Gt.ply"
+    # The visual hull's sphere holds the object snugly: pmni-synth's own is 1.05x the object's bounding sphere.
+    assert 0.75 < mesh_radius(ours) < 1.0
+    assert not np.allclose(ours.normalisation.scale_mat, theirs.normalisation.scale_mat)
+
+
+def test_world_space_capture_per_frame_intrinsics(bunny_dir: Path, tmp_path: Path) -> None:
+    path = write_transforms(bunny_dir, tmp_path / "capture", "normal_world_space_GT", per_frame=True)
+    # "normals" has no "camera" in its name: auto reads world space, as the DiLiGenT-MV loader does.
+    ours, theirs = load_both(bunny_dir, path, "normal_world_space_GT")
+    assert ours.normal_space == "world"
+    assert_same_views(ours, theirs)
+
+
+def test_frame_keys_mask_dir_and_pmni_export_files(bunny_dir: Path, tmp_path: Path) -> None:
+    """The files pmni-export writes (normal maps as file_path, pmni_view) load back to the same views."""
+    from pmni_method.poses.transforms_json import transforms_json
+
+    cams = read_dataset_cameras(bunny_dir, VIEWS)
+    normals = [bunny_dir / "normal_camera_space_GT" / f"{v:03d}.exr" for v in VIEWS]
+    masks = [bunny_dir / "mask" / f"{v:03d}.png" for v in VIEWS]
+    meta = transforms_json(cams.c2w_world, cams.K, 80, 64, normals, masks, view_ids=[10 + v for v in VIEWS])
+    path = tmp_path / "exported.transforms.json"
+    path.write_text(json.dumps(meta))
+    ours = load_transforms_json(path, normal_key="file_path", normal_space="camera")
+    theirs = load_diligent_mv(bunny_dir, normal_dir="normal_camera_space_GT", load_depth=False)
+    assert ours.view_ids == [10 + v for v in VIEWS]
+    theirs.view_ids = ours.view_ids
+    assert_same_views(ours, theirs)
+
+    # normal_path per frame (relative), masks by stem from a folder, images named without a view number.
+    frames = meta["frames"]
+    for frame, view in zip(frames, VIEWS):
+        frame.pop("pmni_view")
+        frame["normal_path"] = f"maps/camera/{view:03d}.exr"
+        frame["file_path"] = f"images/{'abcdefgh'[view]}.jpg"
+        frame.pop("mask_path")
+    shutil.copytree(bunny_dir / "normal_camera_space_GT", tmp_path / "maps" / "camera")
+    (tmp_path / "masks").mkdir()
+    for view in VIEWS:
+        shutil.copy(masks[view], tmp_path / "masks" / f"{'abcdefgh'[view]}.png")
+    path.write_text(json.dumps(meta))
+    ours = load_transforms_json(path, mask_dir="masks")
+    # No numbers in the image names: views are numbered in nerfstudio's (file name) order; "camera" in the folder.
+    assert ours.view_ids == VIEWS and ours.normal_space == "camera"
+    theirs.view_ids = VIEWS
+    assert_same_views(ours, theirs)
+
+
+def test_downscale_matches_diligent_mv(bunny_dir: Path, tmp_path: Path) -> None:
+    path = write_transforms(bunny_dir, tmp_path / "capture")
+    ours = load_transforms_json(path, normal_dir="normals", normal_space="camera", downscale_factor=2)
+    theirs = load_diligent_mv(bunny_dir, normal_dir="normal_camera_space_GT", downscale_factor=2, load_depth=False)
+    assert ours.masks.shape == (8, 32, 40)
+    assert_same_views(ours, theirs, normal_atol=1e-5)
+
+
+def test_camera_space_maps_read_as_world_are_refused(bunny_dir: Path, tmp_path: Path) -> None:
+    path = write_transforms(bunny_dir, tmp_path / "capture")
+    with pytest.raises(PMNIDataError) as e:
+        load_transforms_json(path, normal_dir="normals")  # "normals": auto reads world space
+    assert "facing away from the camera" in str(e.value) and "--normal-space" in str(e.value)
+    assert "\n" not in str(e.value)
