@@ -134,8 +134,9 @@ def assert_same_views(ours, theirs, normal_atol: float = 1e-6) -> None:
         atol=1e-9 * scale,
     )
     for pos in (0, ours.num_views - 1):
-        o_ours, d_ours = cameras.pixel_rays(ours.K[pos], ours.normalisation.c2w_to_world(ours.c2w[pos]), 64, 80)
-        o_theirs, d_theirs = cameras.pixel_rays(theirs.K[pos], theirs.normalisation.c2w_to_world(theirs.c2w[pos]), 64, 80)
+        h, w = theirs.height, theirs.width
+        o_ours, d_ours = cameras.pixel_rays(ours.K[pos], ours.normalisation.c2w_to_world(ours.c2w[pos]), h, w)
+        o_theirs, d_theirs = cameras.pixel_rays(theirs.K[pos], theirs.normalisation.c2w_to_world(theirs.c2w[pos]), h, w)
         np.testing.assert_allclose(o_ours, o_theirs, rtol=0, atol=1e-9 * scale)
         np.testing.assert_allclose(d_ours, d_theirs, rtol=0, atol=1e-9)
     assert np.array_equal(ours.masks, theirs.masks)

@@ -97,7 +97,7 @@ def read_meta(path: Path) -> Dict[str, Any]:
         for key in INTRINSIC_KEYS:
             source = meta if key in meta else frame
             if key not in source:
-                raise _error(path, f'frames[{i}] ({name}) has no "{key}" and there is no shared "{key}" at the top level')
+                raise _error(path, f'frames[{i}] ({name}) has no "{key}" and there is no shared "{key}" at the top')
             _check_positive(path, key if source is meta else f"frames[{i}] ({name}) {key}", source[key], key in "wh")
         for source, where in ((meta, ""), (frame, f"frames[{i}] ({name}) ")):
             params = source.get("distortion_params")

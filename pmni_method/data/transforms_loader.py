@@ -79,7 +79,8 @@ def _by_stem(capture: Capture, folder: str, suffixes: Sequence[str], what: str) 
         found = files.get(image.stem, [])
         if len(found) != 1:
             problem = "no" if not found else f"{len(found)} ({', '.join(p.name for p in found)})"
-            raise _error(root, f"{problem} {what} for frame {image.name} (expected {image.stem}.<{'|'.join(s[1:] for s in suffixes)}>)")
+            expected = f"{image.stem}.<{'|'.join(s[1:] for s in suffixes)}>"
+            raise _error(root, f"{problem} {what} for frame {image.name} (expected {expected})")
         out.append(found[0])
     return out
 
@@ -204,9 +205,9 @@ def load_transforms_capture(
     normal_c2w_world = c2w_world if mode == "gt" else normalisation.c2w_to_world(c2w)
     for pos in range(len(view_ids)):
         if checks.enabled:
-            checks.add_view_normals(
-                normal_files[pos], normals_list[pos], masks_list[pos], K[pos], None if space == "camera" else c2w_world[pos]
-            )
+            # Camera-space maps are judged by the intrinsics alone; world-space ones through the file's pose.
+            view_c2w = None if space == "camera" else c2w_world[pos]
+            checks.add_view_normals(normal_files[pos], normals_list[pos], masks_list[pos], K[pos], view_c2w)
         normals = normals_list[pos]
         if space == "camera":
             normals = cameras.camera_normals_to_world(normals, normal_c2w_world[pos])

@@ -60,8 +60,8 @@ def undistort_view(
     """Pinhole ``(normals, mask)`` of one distorted view; the intrinsics ``K`` stay those of the result.
 
     The mask is resampled bilinearly and thresholded at 1/2, which moves its edge by sub-pixel amounts (nearest
-    neighbour measured a silhouette IoU about 1 point lower on 80x64 renders); the normals bilinearly from the mask pixels alone and
-    renormalised, so no background zero leaks into the edge. Pixels whose distorted position falls outside the
+    neighbour measured a silhouette IoU about 1 point lower on 80x64 renders); the normals bilinearly from the mask
+    pixels alone and renormalised, so no background zero leaks into the edge. Pixels whose distorted position falls outside the
     image are background.
     """
     height, width = mask.shape
