@@ -40,7 +40,10 @@ from transforms_capture import (
 
 
 def test_camera_space_capture_matches_diligent_mv(bunny_dir: Path, tmp_path: Path) -> None:
-    ours, theirs = load_both(bunny_dir, write_transforms(bunny_dir, tmp_path / "capture"), normal_space="camera")
+    notes: list = []
+    path = write_transforms(bunny_dir, tmp_path / "capture")
+    ours, theirs = load_both(bunny_dir, path, normal_space="camera", warn=notes.append)
+    assert notes == []  # exact poses: the visual hull's sphere, and no plausibility warning
     assert_same_views(ours, theirs)
     assert ours.normal_space == "camera" and ours.pose_init == "gt" and ours.gt_c2w is None
     assert ours.gt_mesh == tmp_path / "capture" / "mesh_Gt.ply"
@@ -184,6 +187,23 @@ def test_pose_starts(bunny_dir: Path, tmp_path: Path) -> None:
         np.testing.assert_allclose(cam_noisy, cam_true, atol=1e-5)
     with pytest.raises(PMNIDataError, match="world-space normal maps"):
         load_transforms_json(path, normal_dir="normals", normal_space="world", pose_init=PoseInitConfig("file"))
+
+
+def test_rough_poses_fall_back_to_the_mask_rays_sphere(make_tiny_dataset, shared_meshes: Path, tmp_path: Path) -> None:
+    """Poses off by about a degree carve a hull far smaller than the object; the loader notices and bounds the
+    mask rays instead, so the object still fits and a pose-free run can refine the poses."""
+    rough = make_tiny_dataset(
+        shared_meshes / "stanford-bunny.obj", world_scale=1000.0, pose_rotation_noise_deg=1.0,
+        pose_translation_noise=0.01,
+    )
+    path = write_transforms(rough, tmp_path / "capture")
+    notes: list = []
+    data = load_transforms_json(
+        path, normal_dir="normals", normal_space="camera", pose_init=PoseInitConfig("file"), warn=notes.append
+    )
+    assert len(notes) == 1 and "the poses and masks disagree" in notes[0] and str(path) in notes[0], notes
+    # Measured 0.83 (the hull's sphere: 1.68, the object sticking far out of it).
+    assert 0.6 < mesh_radius(data) < 1.0
 
 
 # ------------------------------------------------------------------------------------------- bad input

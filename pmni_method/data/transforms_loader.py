@@ -22,6 +22,7 @@ with the file's intrinsics.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -31,12 +32,12 @@ import numpy as np
 from pmni_method import cameras
 from pmni_method.data import io, plausibility
 from pmni_method.data.diligent_mv import _check_and_repair_normals, _downscale, resolve_normal_space, view_index
-from pmni_method.data.hull_bound import HULL_MARGIN, hull_scale_mat
+from pmni_method.data.hull_bound import HULL_MARGIN, capture_scale_mat
 from pmni_method.data.layout import GT_MESH_FILE
 from pmni_method.data.transforms_file import Capture, read_capture
 from pmni_method.data.types import MultiViewNormalData
 from pmni_method.data.undistort import has_distortion, undistort_view
-from pmni_method.errors import PMNIDataError
+from pmni_method.errors import PMNIDataError, PMNIDataWarning
 from pmni_method.poses.starts import PoseInitConfig, initial_poses
 
 NORMAL_KEY = "normal_path"
@@ -191,7 +192,10 @@ def load_transforms_capture(
         masks_list.append(mask)
     masks_all = np.stack(masks_list)
 
-    normalisation = cameras.Normalisation(hull_scale_mat(capture.path, K, c2w_world, masks_list, sphere_margin))
+    scale_mat, note = capture_scale_mat(capture.path, K, c2w_world, masks_list, sphere_margin)
+    if note is not None and checks.enabled:
+        (warn or (lambda line: warnings.warn(line, PMNIDataWarning, stacklevel=3)))(note)
+    normalisation = cameras.Normalisation(scale_mat)
     stored = normalisation.c2w_to_normalised(c2w_world)
     mode = pose_init.pose_init
     gt_c2w: Optional[np.ndarray] = None
