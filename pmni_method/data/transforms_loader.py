@@ -69,6 +69,12 @@ def _resolve(capture: Capture, name: str) -> Path:
 def _by_stem(capture: Capture, folder: str, suffixes: Sequence[str], what: str) -> List[Path]:
     """The file of each frame in ``folder`` (relative to the capture's folder) named like its image."""
     root = _resolve(capture, folder)
+    stems = [p.stem for p in capture.image_files]
+    twice = sorted({s for s in stems if stems.count(s) > 1})
+    if twice:
+        # Matching by stem would hand one file to two frames.
+        raise _error(capture.path, f"several frames' file_path share the stem {twice[0]!r}; --{what.split()[0]}-dir "
+                     "needs unique image names")
     if not root.is_dir():
         raise _error(root, f"{what} folder not found" if not root.exists() else "not a folder")
     files: Dict[str, List[Path]] = {}
@@ -88,7 +94,7 @@ def _by_stem(capture: Capture, folder: str, suffixes: Sequence[str], what: str) 
 
 def _frame_files(capture: Capture, key: str, what: str) -> List[Path]:
     out = []
-    for i, frame in enumerate(capture.frames):
+    for frame in capture.frames:
         value = frame.get(key)
         if not isinstance(value, str) or not value:
             raise _error(
@@ -102,7 +108,8 @@ def _frame_files(capture: Capture, key: str, what: str) -> List[Path]:
 
 @dataclass
 class LoadedCapture:
-    """A loaded ``transforms.json`` and the files its views were read from (ascending view id)."""
+    """A loaded ``transforms.json`` and the files its views were read from (ascending view id); for a distorted
+    capture those are the distorted originals, not the undistorted maps in ``data``."""
 
     data: MultiViewNormalData
     normal_files: List[Path]
@@ -146,6 +153,9 @@ def load_transforms_capture(
     pose_init = pose_init if pose_init is not None else PoseInitConfig()
     checks = plausibility.PlausibilityChecks(mode=data_checks)
     capture = read_capture(path)
+    mesh = Path(gt_mesh) if gt_mesh is not None else capture.data_dir / GT_MESH_FILE
+    if gt_mesh is not None and not mesh.is_file():
+        raise _error(mesh, "ground-truth mesh not found")
     if normal_dir is not None:
         normal_files = _by_stem(capture, normal_dir, io.NORMAL_SUFFIXES, "normal map")
     else:
@@ -193,7 +203,7 @@ def load_transforms_capture(
     masks_all = np.stack(masks_list)
 
     scale_mat, note = capture_scale_mat(capture.path, K, c2w_world, masks_list, sphere_margin)
-    if note is not None and checks.enabled:
+    if note is not None:
         (warn or (lambda line: warnings.warn(line, PMNIDataWarning, stacklevel=3)))(note)
     normalisation = cameras.Normalisation(scale_mat)
     stored = normalisation.c2w_to_normalised(c2w_world)
@@ -228,9 +238,6 @@ def load_transforms_capture(
         normals_all, masks_all, _, K = _downscale(
             capture.data_dir, view_ids, normals_all, masks_all, None, K, int(downscale_factor)
         )
-    mesh = Path(gt_mesh) if gt_mesh is not None else capture.data_dir / GT_MESH_FILE
-    if gt_mesh is not None and not mesh.is_file():
-        raise _error(mesh, "ground-truth mesh not found")
     data = MultiViewNormalData(
         data_dir=capture.data_dir,
         view_ids=view_ids,
