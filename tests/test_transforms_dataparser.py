@@ -386,3 +386,24 @@ def test_trains_a_few_steps(bunny_dir: Path, tmp_path: Path) -> None:
     assert pipeline.model.camera_optimizer.poses.enabled
     assert trained.config_path.is_file()
     assert np.isfinite(pipeline.model.refined_c2w()).all()
+
+
+def test_ns_train_cli(bunny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ns-train reaches the dataparser by name; nerfstudio's environment variable stands in for the entry point
+    until the package is reinstalled with it."""
+    from helpers import error_lines, ns_train_args, run
+
+    monkeypatch.setenv(
+        "NERFSTUDIO_DATAPARSER_CONFIGS",
+        "nerfstudio-normals-data=pmni_method.dataparsers.nerfstudio_normals_spec:nerfstudio_normals_dataparser",
+    )
+    path = write_transforms(bunny_dir, tmp_path / "capture")
+    args = ns_train_args(path, tmp_path / "runs", iterations=2)[:-1]  # [-1] is diligent-mv-data
+    args += ["nerfstudio-normals-data", "--normal-space", "camera"]
+    out = run(args + ["--normal-dir", "normals"])
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    assert len(list((tmp_path / "runs").rglob("config.yml"))) == 1
+    bad = run(args + ["--normal-dir", "nowhere"])
+    assert bad.returncode == 2 and "Traceback" not in bad.stdout + bad.stderr
+    lines = error_lines(bad)
+    assert len(lines) == 1 and f"{path.parent / 'nowhere'}: normal map folder not found" in lines[0], lines
