@@ -338,6 +338,25 @@ def test_trains_a_few_steps(bunny_dir: Path, tmp_path: Path) -> None:
     assert trained.config_path.is_file()
     assert np.isfinite(pipeline.model.refined_c2w()).all()
 
+    # Exported back as transforms.json: refined poses, the capture's own masks/ folder (not the DiLiGenT mask/).
+    from pmni_method.scripts import export as export_cli
+
+    mesh = tmp_path / "out" / "capture.ply"
+    assert export_cli.main(export_cli.ExportConfig(load_config=trained.config_path, output=mesh, resolution=16)) == 0
+    meta = json.loads(mesh.with_name("capture.transforms.json").read_text())
+    assert meta["pmni"]["refined"] and {Path(f["mask_path"]).parent.name for f in meta["frames"]} == {"masks"}
+    assert all(f["k1"] == 0.0 for f in meta["frames"])  # a pinhole capture stays one
+
+
+def test_transforms_json_keeps_the_distortion_of_the_files_it_names() -> None:
+    from pmni_method.poses.transforms_json import transforms_json
+
+    dist = np.array([[-0.4, 0.1, 0.0, 0.0, 0.001, 0.0]] * 2)
+    K = np.array([[[60.0, 0.0, 39.5], [0.0, 60.0, 31.5], [0.0, 0.0, 1.0]]] * 2)
+    meta = transforms_json(np.tile(np.eye(4), (2, 1, 1)), K, 80, 64, [Path("a.exr"), Path("b.exr")], distortion=dist)
+    assert [(f["k1"], f["k2"], f["p1"]) for f in meta["frames"]] == [(-0.4, 0.1, 0.001)] * 2
+    assert meta["frames"][0]["cx"] == 40.0  # nerfstudio's pixel centres at i + 0.5
+
 
 def test_ns_train_cli(bunny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """ns-train reaches the dataparser by name; nerfstudio's environment variable stands in for the entry point

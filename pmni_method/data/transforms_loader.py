@@ -114,6 +114,8 @@ class LoadedCapture:
     data: MultiViewNormalData
     normal_files: List[Path]
     mask_files: List[Path]
+    distortion: Optional[np.ndarray] = None
+    """(N, 6) nerfstudio distortion ``[k1, k2, k3, k4, p1, p2]`` of those original files (zeros: pinhole)."""
 
 
 def load_transforms_json(path: Path, **options: Any) -> MultiViewNormalData:
@@ -251,5 +253,5 @@ def load_transforms_capture(
         pose_init=mode,
         normal_space=space,
     )
-    return LoadedCapture(data, normal_files, mask_files)
+    return LoadedCapture(data, normal_files, mask_files, np.asarray(dist, dtype=np.float64))
 

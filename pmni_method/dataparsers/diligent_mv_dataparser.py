@@ -23,10 +23,13 @@ from pmni_method import cameras
 from pmni_method.data.diligent_mv import (
     AUTO_NORMAL_DIR,
     find_normal_maps,
+    index_folder,
     load_diligent_mv,
     resolve_normal_dir,
     split_indices,
 )
+from pmni_method.data import io
+from pmni_method.data.layout import MASK_DIR
 from pmni_method.data.plausibility import DataChecks
 from pmni_method.data.types import MultiViewNormalData
 from pmni_method.errors import PMNIDataError, exit_with_error
@@ -95,6 +98,7 @@ class DiligentMVDataParser(DataParser):
             indices = split_indices(data.view_ids, self.config.exclude_views, split)
             normal_dir = resolve_normal_dir(self.config.data, self.config.normal_dir, self.config.pose_init)
             normal_files = find_normal_maps(self.config.data, normal_dir)
+            mask_files = index_folder(Path(self.config.data) / MASK_DIR, io.MASK_SUFFIXES)
         except PMNIDataError as e:
             # A data error is the user's to fix, not ours to debug: one red line and no traceback under ns-train.
             exit_with_error(str(e))
@@ -111,6 +115,8 @@ class DiligentMVDataParser(DataParser):
                 "pmni_data": subset,
                 "gt_mesh": data.gt_mesh,
                 "view_ids": list(subset.view_ids),
+                # Where each view's mask came from, for exports that point other tools at the capture's files.
+                "pmni_mask_files": [mask_files[v] for v in subset.view_ids],
             },
         )
 

@@ -111,5 +111,7 @@ class NerfstudioNormalsDataParser(DataParser):
                 "gt_mesh": data.gt_mesh,
                 "view_ids": list(subset.view_ids),
                 "pmni_mask_files": [loaded.mask_files[i] for i in indices],
+                # The files above are the distorted originals: an export that points at them must say so.
+                "pmni_distortion": None if loaded.distortion is None else loaded.distortion[indices],
             },
         )

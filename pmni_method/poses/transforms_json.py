@@ -26,11 +26,14 @@ def transforms_json(
     mask_paths: Optional[Sequence[Path]] = None,
     view_ids: Optional[Sequence[int]] = None,
     metadata: Optional[Dict[str, Any]] = None,
+    distortion: Optional[np.ndarray] = None,
 ) -> Dict[str, Any]:
     """The ``transforms.json`` dictionary of OpenCV camera-to-worlds ``c2w_world`` (N, 4, 4) and OpenCV intrinsics
     ``K`` (N, 3, 3) of ``width`` x ``height`` images. Paths are written absolute, so the file may live anywhere.
 
-    ``metadata`` goes under ``"pmni"`` (nerfstudio ignores keys it does not know)."""
+    ``distortion`` (N, 6) nerfstudio ``[k1, k2, k3, k4, p1, p2]`` of the image files, when they are distorted
+    originals (a capture pmni undistorted at load); ``metadata`` goes under ``"pmni"`` (nerfstudio ignores keys it
+    does not know)."""
     c2w_gl = cameras.opencv_to_nerfstudio_c2w(np.asarray(c2w_world, dtype=np.float64))
     K = np.asarray(K, dtype=np.float64)
     frames: List[Dict[str, Any]] = []
@@ -46,12 +49,14 @@ def transforms_json(
             "w": int(width),
             "h": int(height),
         }
+        if distortion is not None:
+            frame.update(zip(("k1", "k2", "k3", "k4", "p1", "p2"), (float(v) for v in distortion[i])))
         if mask_paths is not None:
             frame["mask_path"] = str(Path(mask_paths[i]).absolute())
         if view_ids is not None:
             frame["pmni_view"] = int(view_ids[i])
         frames.append(frame)
-    # Zero distortion: the maps pmni trained on are undistorted pinhole images.
+    # Without per-frame distortion the images are pinhole ones (what DiLiGenT-style maps are).
     out: Dict[str, Any] = {"camera_model": "OPENCV", "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0, "frames": frames}
     if metadata is not None:
         out["pmni"] = metadata

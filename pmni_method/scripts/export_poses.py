@@ -80,15 +80,19 @@ def pipeline_transforms(
     outputs = pipeline.datamanager.train_dataparser_outputs
     data = outputs.metadata["pmni_data"]
     factor = int(getattr(pipeline.datamanager.config.dataparser, "downscale_factor", 1) or 1)
-    masks = index_folder(Path(data.data_dir) / MASK_DIR, io.MASK_SUFFIXES)
-    height, width = io.read_mask(masks[view_ids[0]]).shape
+    mask_files = outputs.metadata.get("pmni_mask_files")
+    if mask_files is None:  # runs from before the dataparsers recorded them
+        by_view = index_folder(Path(data.data_dir) / MASK_DIR, io.MASK_SUFFIXES)
+        mask_files = [by_view[v] for v in view_ids]
+    height, width = io.read_mask(mask_files[0]).shape
     return transforms_json(
         c2w_world,
         cameras.upscale_intrinsics(data.K, factor),
         width,
         height,
         image_paths=[Path(p) for p in outputs.image_filenames],
-        mask_paths=[masks[v] for v in view_ids],
+        mask_paths=list(mask_files),
+        distortion=outputs.metadata.get("pmni_distortion"),
         view_ids=view_ids,
         metadata=metadata,
     )
