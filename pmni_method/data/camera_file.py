@@ -139,7 +139,8 @@ def read_dataset_cameras(data_dir: Path, view_ids: List[int]) -> DatasetCameras:
         if values.size != 9:
             raise _error(txt_path, f"holds {values.size} numbers; expected the 9 of one 3x3 intrinsics matrix")
         K = _check_K(txt_path, "K", values.reshape(3, 3))
-        return DatasetCameras(txt_path, np.stack([K] * len(view_ids)), None, None, cameras.Normalisation.unknown_units())
+        K_all = np.stack([K] * len(view_ids))
+        return DatasetCameras(txt_path, K_all, None, None, cameras.Normalisation.unknown_units())
     if json_path.is_file():
         return _json_intrinsics(json_path, view_ids)
     raise _error(

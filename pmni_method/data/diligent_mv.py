@@ -179,10 +179,10 @@ def load_diligent_mv(
     """Load every view of a DiLiGenT-MV style dataset into the normalised frame (ascending view id).
 
     ``normal_dir`` ``"auto"`` reads the world-space maps for a calibrated start and the camera-space ones for a
-    pose-free start (:func:`resolve_normal_dir`). ``pose_init`` chooses ``c2w``, the poses training starts from, for all views (default: the stored poses of
-    ``cameras_sphere.npz``). ``gt_c2w`` holds the true poses whenever ``c2w`` may differ from them: those of
-    ``cameras_gt.npz`` when present, else the stored ones when ``pose_init`` replaced them; it stays None when ``c2w``
-    are the true poses already. Normal maps stored in camera space are turned into world space with the poses
+    pose-free start (:func:`resolve_normal_dir`). ``pose_init`` chooses ``c2w``, the poses training starts from,
+    for all views (default: the stored poses of ``cameras_sphere.npz``). ``gt_c2w`` holds the true poses whenever
+    ``c2w`` may differ from them: those of ``cameras_gt.npz`` when present, else the stored ones when ``pose_init``
+    replaced them; it stays None when ``c2w`` are the true poses already (or unknown: intrinsics only). Normal maps stored in camera space are turned into world space with the poses
     training starts from (``c2w``): a pose-free run must not see the stored (true) poses through its normals, and
     pose refinement rotates these normals on with each camera's correction.
 
@@ -242,7 +242,8 @@ def load_diligent_mv(
             raise _error(mask_files[view], "mask is empty (no foreground pixel)")
         masks_list.append(mask)
     # A ring or file start is placed by the masks and intrinsics, never by the stored poses.
-    c2w_init = initial_poses(pose_init, c2w, gt_c2w if gt_c2w is not None else c2w, view_ids, normalisation, K, masks_list)
+    true_c2w = gt_c2w if gt_c2w is not None else c2w
+    c2w_init = initial_poses(pose_init, c2w, true_c2w, view_ids, normalisation, K, masks_list)
     if pose_init.pose_init != "gt" and gt_c2w is None and c2w is not None:
         # A clean dataset's stored poses are the truth that noisy / ring / file runs are scored against.
         gt_c2w = c2w

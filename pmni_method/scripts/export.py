@@ -280,8 +280,15 @@ def main(config: ExportConfig) -> int:
                         transforms_output = None
 
         # Mesh and poses describe one state of the run: all files are replaced, or none (FileGroup).
-        files = [(config.output, "mesh", mesh_bytes(mesh, suffix, record))]
-        files += [(p, w, d) for p, w, d in ((poses_output, "poses", poses_data), (transforms_output, "transforms", transforms_data)) if p and d]
+        try:
+            mesh_data = mesh_bytes(mesh, suffix, record)
+        except OSError as e:
+            raise PMNIInputError(f"{config.output}: cannot write mesh ({e.strerror or e})")
+        files = [(config.output, "mesh", mesh_data)]
+        extra = ((poses_output, "poses", poses_data), (transforms_output, "transforms", transforms_data))
+        for path, what, payload in extra:
+            if path is not None and payload is not None:
+                files.append((path, what, payload))
         with FileGroup() as group:
             for path, what, payload in files:
                 try:
