@@ -144,7 +144,7 @@ def save_outputs(
     run: CoreRun, data: MultiViewNormalData, output: Path, step: int, summary: Dict[str, Any], mesh_resolution: int
 ) -> Dict[str, Any]:
     """Write ``checkpoint.pt``, ``mesh.ply`` and ``metrics.json`` into ``output``; returns the metrics."""
-    from pmni_method.evaluation import EvaluationInputError, evaluate  # pylint: disable=import-outside-toplevel
+    from pmni_method.evaluation import EvaluationInputError, evaluate, poses_beside  # pylint: disable=import-outside-toplevel
     from pmni_method.export import extract_mesh, write_mesh_atomic  # pylint: disable=import-outside-toplevel
 
     output.mkdir(parents=True, exist_ok=True)
@@ -166,6 +166,12 @@ def save_outputs(
     if run.context.refining:
         refined = run.context.poses.refined_c2w()
         metrics["refined_c2w"] = refined.tolist()
+        # pmni-export's pose file beside the mesh: pmni-eval aligns a pose-free mesh by it (its frame is not the truth's).
+        poses = [
+            {"view": int(v), "c2w": m.tolist(), "refined": True}
+            for v, m in zip(data.view_ids, data.normalisation.c2w_to_world(refined))
+        ]
+        write_json_atomic(poses, poses_beside(mesh_path), indent=1)
         if data.gt_c2w is not None:
             report = pose_errors(refined, data.gt_c2w)
             metrics["poses"] = {k: v for k, v in report.items() if not isinstance(v, list) or k == "alignment"}
@@ -174,7 +180,7 @@ def save_outputs(
         try:
             metrics["evaluation"] = evaluate(
                 mesh_path, data.data_dir, heldout_views=summary["heldout_views"], alignment=alignment,
-                align_to_poses=False, downscale_factor=summary["downscale"], require_hits=False,
+                align_to_poses=False, downscale_factor=summary["downscale"], require_hits=False, find_poses=False,
             )
         except EvaluationInputError as err:
             # A short pose-free run may end far from the truth: the checkpoint and mesh still count.
@@ -196,6 +202,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--normal-dir", default="normal_world_space_GT")
     parser.add_argument("--pose-init", default="gt", choices=["gt", "noisy", "ring", "file"])
     parser.add_argument("--poses-file", type=Path, default=None, help="with --pose-init file")
+    # Pose-start options of diligent-mv-data, so that the plain loop can run the benchmarks' starts.
+    parser.add_argument("--pose-noise-seed", type=int, default=0, help="with --pose-init noisy")
+    parser.add_argument("--ring-radius", type=float, default=None, help="with --pose-init ring (normalised units)")
+    parser.add_argument("--ring-elevation-deg", type=float, nargs=2, default=(0.0, 0.0), help="with --pose-init ring")
     parser.add_argument("--gauge", default=None, choices=["frozen-camera", "mean"], help="default: mean from a ring")
     parser.add_argument("--data-checks", default=None, choices=["error", "warn", "off"])
     parser.add_argument("--seed", type=int, default=0)
@@ -206,7 +216,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    pose_init = PoseInitConfig(pose_init=args.pose_init, poses_file=args.poses_file)
+    pose_init = PoseInitConfig(
+        pose_init=args.pose_init, poses_file=args.poses_file, pose_noise_seed=args.pose_noise_seed,
+        ring_radius=args.ring_radius, ring_elevation_deg=tuple(args.ring_elevation_deg),
+    )
     # Checks that need the stored poses are meaningless from a ring or a file start.
     checks = args.data_checks or ("warn" if args.pose_init in ("noisy", "ring", "file") else "error")
     try:
