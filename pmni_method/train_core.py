@@ -38,6 +38,7 @@ from pmni_method.models.presets import (
     MAX_GRAD_NORMS,
     CorePreset,
     core_preset,
+    pose_free_consistency,
     pose_free_gauge,
     pose_free_stages,
     with_iterations,
@@ -93,7 +94,7 @@ def build_run(
     context = StepContext(
         poses=pose_model,
         views=store.views if uses_mvc else None,
-        consistency=MultiViewConsistencyConfig(),
+        consistency=pose_free_consistency() if refine else MultiViewConsistencyConfig(),
         # Camera-space maps were rotated into the world by the initial poses: they turn with the corrections.
         targets_follow_poses=data.normal_space == "camera",
     )

@@ -7,7 +7,13 @@ from typing import Any, Dict, Optional
 
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 
-from pmni_method.models.presets import core_preset, pose_free_gauge, pose_free_stages
+from pmni_method.models.presets import (
+    POSE_FREE_MVC_WEIGHT,
+    core_preset,
+    pose_free_consistency,
+    pose_free_gauge,
+    pose_free_stages,
+)
 from pmni_method.nerfstudio_adapter.model import PMNIModelConfig, WarmupCosineSchedulerConfig
 
 
@@ -47,7 +53,7 @@ def make_pose_free(
     config: Any,
     pose_init: str = "noisy",
     normal_dir: str = "normal_camera_space_GT",
-    mvc_weight: float = 1.0,
+    mvc_weight: float = POSE_FREE_MVC_WEIGHT,
     gauge: Optional[str] = None,
 ) -> Any:
     """Turn a pmni ``TrainerConfig`` into a pose-free run (the flag set in this module's docstring), in place.
@@ -56,7 +62,8 @@ def make_pose_free(
     moves every camera relative to their mean; None: ``mean`` for a ring start, ``frozen-camera`` otherwise), every
     camera first recentred on its mask, poses started from ``pose_init`` (``noisy``, ``ring`` or ``file``; ``gt``
     refines calibrated poses), camera-space normal maps from ``normal_dir`` so that the normal targets turn with the
-    poses, and the multi-view consistency term at ``mvc_weight`` in every stage that trains normals.
+    poses, and the multi-view consistency term at ``mvc_weight`` in every stage that trains normals, sampled as
+    ``presets.pose_free_consistency`` says.
     """
     model = config.pipeline.model
     model.camera_optimizer.mode = "SE3"
@@ -64,6 +71,7 @@ def make_pose_free(
     model.camera_optimizer.gauge = pose_free_gauge(pose_init) if gauge is None else gauge
     schedule = model.core.loss_schedule
     schedule.stages = pose_free_stages(schedule.stages, mvc_weight)
+    model.consistency = pose_free_consistency(model.consistency)
     parser = config.pipeline.datamanager.dataparser
     parser.pose_init = pose_init
     parser.normal_dir = normal_dir
