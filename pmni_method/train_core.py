@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
 
-import numpy as np
 import torch
 
 from pmni_method.atomic import atomic_write, write_json_atomic
@@ -163,7 +162,7 @@ def save_outputs(
     mesh = extract_mesh(lambda x: run.core.field.sdf(x)[:, 0], resolution=mesh_resolution, normalisation=data.normalisation)
     mesh_path = write_mesh_atomic(mesh, output / "mesh.ply")
     metrics: Dict[str, Any] = dict(summary)
-    alignment = None
+    aligned_by: Optional[Path] = None
     if run.context.refining:
         refined = run.context.poses.refined_c2w()
         metrics["refined_c2w"] = refined.tolist()
@@ -176,12 +175,14 @@ def save_outputs(
         if data.gt_c2w is not None:
             report = pose_errors(refined, data.gt_c2w)
             metrics["poses"] = {k: v for k, v in report.items() if not isinstance(v, list) or k == "alignment"}
-            alignment = data.normalisation.transform_to_world(np.asarray(report["alignment"]))
+            metrics["poses"]["rotation_deg_max"] = float(max(report["rotation_deg"]))
+            # pmni-eval's alignment of a mesh by its poses (object_alignment), not the centres' fit of the errors.
+            aligned_by = poses_beside(mesh_path)
     if data.gt_mesh is not None:
         try:
             metrics["evaluation"] = evaluate(
-                mesh_path, data.data_dir, heldout_views=summary["heldout_views"], alignment=alignment,
-                align_to_poses=False, downscale_factor=summary["downscale"], require_hits=False, find_poses=False,
+                mesh_path, data.data_dir, heldout_views=summary["heldout_views"], poses=aligned_by,
+                downscale_factor=summary["downscale"], require_hits=False, find_poses=False,
             )
         except EvaluationInputError as err:
             # A short pose-free run may end far from the truth: the checkpoint and mesh still count.
