@@ -107,8 +107,8 @@ def object_alignment(
     :func:`pmni_method.poses.maths.align_cameras` fits the camera centres. Far cameras and a narrow field of view
     make a camera's turn and its sideways shift look alike, so a pose-free run's centres may be off by a good part
     of the object while its views of the object are right; a fit of the centres then misplaces the mesh by that
-    much (bunny, 16.5 object radii away, 1.3 degrees of rotation error: the mesh lands off by about a third of its
-    size). Here each camera contributes seven points in its own frame, at the object's depth along its axis and
+    much (bunny, cameras 16.5 object radii away, 1.3 degrees of rotation error: Chamfer 3.6 % of the diagonal and
+    42 degrees of normal error after the centres' fit, 0.35 % and 9.8 degrees after this one; ICP gives 0.33 %). Here each camera contributes seven points in its own frame, at the object's depth along its axis and
     ``radius`` to either side along each axis, paired with the true camera's points at its depth of the object
     centre as the current fit maps it (offsets scaled by the centres' scale), refitted ``iterations`` times from the
     centres' fit (the centre's guess converges about twofold per round; a round costs microseconds). Exact when the

@@ -290,7 +290,8 @@ def evaluate(
         pose_report = evaluate_poses(poses, c2w_world, data.view_ids)
         if align_to_poses:
             # Not the centres' fit of the pose errors: see object_alignment (bunny, 1.3 deg of pose error: Chamfer
-            # 3.6 % of the diagonal and 42 deg normal error after the centres' fit, 1.5 % and 18 deg after this).
+            # 3.6 % of the diagonal and 42 deg normal error after the centres' fit, 0.35 % and 9.8 deg after this, as
+            # after ICP: 0.33 % and 9.9).
             lo, hi = np.asarray(pred_mesh.bounds, dtype=np.float64)
             alignment = object_alignment(
                 pose_report["estimated_c2w"], c2w_world[[data.view_ids.index(v) for v in pose_report["view_ids"]]],
