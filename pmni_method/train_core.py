@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
 
-import numpy as np
 import torch
 
 from pmni_method.atomic import atomic_write, write_json_atomic
@@ -34,7 +33,14 @@ from pmni_method.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, PMNIDataError, pri
 from pmni_method.models.consistency import MultiViewConsistencyConfig
 from pmni_method.models.core import PMNICore, core_config_for
 from pmni_method.models.pose_model import PoseModel, PoseModelConfig
-from pmni_method.models.presets import MAX_GRAD_NORMS, CorePreset, core_preset, pose_settings, with_iterations
+from pmni_method.models.presets import (
+    MAX_GRAD_NORMS,
+    CorePreset,
+    core_preset,
+    pose_free_consistency,
+    pose_settings,
+    with_iterations,
+)
 from pmni_method.models.step import StepContext, step_metrics, train_step
 
 PROG = "pmni_method.train_core"
@@ -83,7 +89,7 @@ def build_run(
     context = StepContext(
         poses=pose_model,
         views=store.views if uses_mvc else None,
-        consistency=MultiViewConsistencyConfig(),
+        consistency=pose_free_consistency() if pose_model.enabled else MultiViewConsistencyConfig(),
         # Camera-space maps were rotated into the world by the initial poses: they turn with the corrections.
         targets_follow_poses=data.normal_space == "camera",
     )
@@ -134,7 +140,7 @@ def save_outputs(
     run: CoreRun, data: MultiViewNormalData, output: Path, step: int, summary: Dict[str, Any], mesh_resolution: int
 ) -> Dict[str, Any]:
     """Write ``checkpoint.pt``, ``mesh.ply`` and ``metrics.json`` into ``output``; returns the metrics."""
-    from pmni_method.evaluation import EvaluationInputError, evaluate  # pylint: disable=import-outside-toplevel
+    from pmni_method.evaluation import EvaluationInputError, evaluate, poses_beside  # pylint: disable=import-outside-toplevel
     from pmni_method.export import extract_mesh, write_mesh_atomic  # pylint: disable=import-outside-toplevel
 
     output.mkdir(parents=True, exist_ok=True)
@@ -152,19 +158,27 @@ def save_outputs(
     mesh = extract_mesh(lambda x: run.core.field.sdf(x)[:, 0], resolution=mesh_resolution, normalisation=data.normalisation)
     mesh_path = write_mesh_atomic(mesh, output / "mesh.ply", source={"units": data.normalisation.units, "step": step})
     metrics: Dict[str, Any] = dict(summary)
-    alignment = None
+    aligned_by: Optional[Path] = None
     if run.context.refining:
         refined = run.context.poses.refined_c2w()
         metrics["refined_c2w"] = refined.tolist()
+        # pmni-export's pose file beside the mesh: pmni-eval aligns a pose-free mesh by it (its frame is not the truth's).
+        poses = [
+            {"view": int(v), "c2w": m.tolist(), "refined": True}
+            for v, m in zip(data.view_ids, data.normalisation.c2w_to_world(refined))
+        ]
+        write_json_atomic(poses, poses_beside(mesh_path), indent=1)
         if data.gt_c2w is not None:
             report = pose_errors(refined, data.gt_c2w)
             metrics["poses"] = {k: v for k, v in report.items() if not isinstance(v, list) or k == "alignment"}
-            alignment = data.normalisation.transform_to_world(np.asarray(report["alignment"]))
+            metrics["poses"]["rotation_deg_max"] = float(max(report["rotation_deg"]))
+            # pmni-eval's alignment of a mesh by its poses (object_alignment), not the centres' fit of the errors.
+            aligned_by = poses_beside(mesh_path)
     if data.gt_mesh is not None:
         try:
             metrics["evaluation"] = evaluate(
-                mesh_path, data.data_dir, heldout_views=summary["heldout_views"], alignment=alignment,
-                align_to_poses=False, downscale_factor=summary["downscale"], require_hits=False,
+                mesh_path, data.data_dir, heldout_views=summary["heldout_views"], poses=aligned_by,
+                downscale_factor=summary["downscale"], require_hits=False, find_poses=False,
             )
         except EvaluationInputError as err:
             # A short pose-free run may end far from the truth: the checkpoint and mesh still count.
@@ -186,8 +200,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--normal-dir", default="auto", help="auto: world-space maps if calibrated, else camera-space")
     parser.add_argument("--pose-init", default="gt", choices=["gt", "noisy", "ring", "file"])
     parser.add_argument("--poses-file", type=Path, default=None, help="with --pose-init file")
-    parser.add_argument("--ring-elevation", type=float, default=25.0, help="ring: elevation guess in degrees")
-    parser.add_argument("--ring-radius", type=float, default=None, help="ring: default estimated from the masks")
+    # Pose-start options of diligent-mv-data, so that the plain loop can run the benchmarks' starts.
+    parser.add_argument("--pose-noise-seed", type=int, default=0, help="with --pose-init noisy")
+    parser.add_argument("--ring-radius", type=float, default=None, help="ring: normalised units; default from the masks")
+    parser.add_argument("--ring-elevation-deg", type=float, nargs=2, default=(25.0, 25.0), help="ring: MIN MAX degrees")
     parser.add_argument("--ring-reverse", action="store_true", help="ring: views go round the other way")
     parser.add_argument("--gauge", default=None, choices=["frozen-camera", "mean"], help="default: mean from a ring")
     parser.add_argument("--data-checks", default=None, choices=["error", "warn", "off"])
@@ -200,11 +216,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     pose_init = PoseInitConfig(
-        pose_init=args.pose_init,
-        poses_file=args.poses_file,
-        ring_radius=args.ring_radius,
-        ring_elevation_deg=(args.ring_elevation, args.ring_elevation),
-        ring_reverse=args.ring_reverse,
+        pose_init=args.pose_init, poses_file=args.poses_file, pose_noise_seed=args.pose_noise_seed,
+        ring_radius=args.ring_radius, ring_elevation_deg=tuple(args.ring_elevation_deg), ring_reverse=args.ring_reverse,
     )
     # Checks that need the stored poses are meaningless from a ring or a file start.
     checks = args.data_checks or ("warn" if args.pose_init in ("noisy", "ring", "file") else "error")

@@ -145,7 +145,7 @@ def test_pmni_eval_poses_undo_a_similarity(bunny_dir: Path, tmp_path: Path, caps
 
 
 def test_one_switch_equals_the_explicit_flag_set() -> None:
-    from pmni_method.models.presets import pose_settings
+    from pmni_method.models.presets import POSE_FREE_MVC_WEIGHT, pose_settings
     from pmni_method.nerfstudio_adapter.presets import make_pose_free
     from pmni_method.pmni_config import trainer_config
 
@@ -163,13 +163,13 @@ def test_one_switch_equals_the_explicit_flag_set() -> None:
             flags.mode, flags.recentre_on_masks, flags.gauge = "SE3", True, gauge
             schedule = explicit.pipeline.model.core.loss_schedule
             schedule.stages = tuple(
-                dataclasses.replace(s, mvc=max(s.mvc, 1.0)) if s.normal > 0 else s for s in schedule.stages
+                dataclasses.replace(s, mvc=max(s.mvc, POSE_FREE_MVC_WEIGHT)) if s.normal > 0 else s for s in schedule.stages
             )
             pose, stages = resolved(switch, start)
             pose_explicit, stages_explicit = resolved(explicit, start)
             assert pose == pose_explicit and stages == stages_explicit, (start, pose, pose_explicit)
             assert pose.mode == "SE3" and pose.recentre_on_masks and pose.gauge == gauge
-            assert all(stage.mvc >= 1.0 for stage in stages.stages if stage.normal > 0), stages
+            assert all(stage.mvc >= POSE_FREE_MVC_WEIGHT for stage in stages.stages if stage.normal > 0), stages
             assert all(stage.mvc == 0.0 for stage in stages.stages if stage.normal == 0), stages
         # gt stays calibrated; explicit settings beat the switch.
         pose, stages = resolved(trainer_config(name), "gt")

@@ -88,6 +88,9 @@ def test_ring_start_refines_poses_and_reports_their_errors(bunny_dir: Path, tmp_
     # Mean gauge from a ring (nothing frozen): every camera was recentred and then moved by the optimiser.
     assert xi.shape == (8, 6) and bool((xi.abs().sum(-1) > 0).all()), xi
     assert (out / "mesh.ply").exists()
+    # pmni-export's pose file beside the mesh, so that pmni-eval scores the mesh in the true frame.
+    poses = json.loads((out / "mesh.poses.json").read_text())
+    assert len(poses) == 8 and all(entry["refined"] for entry in poses)
 
 
 def test_bad_data_is_one_line_and_exit_code_2(tmp_path: Path) -> None:

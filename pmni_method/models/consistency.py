@@ -45,6 +45,10 @@ class MultiViewConsistencyConfig:
     """Surface points per step, drawn from the batch's opaque foreground rays."""
     views_per_point: int = 2
     """Other training views each point is projected into, drawn uniformly at random (not only neighbours)."""
+    pose_free_num_points: int = 512
+    """num_points when the poses are refined (pose-free): each camera then needs more pairs a step."""
+    pose_free_views_per_point: int = 4
+    """views_per_point when the poses are refined (pose-free)."""
     min_accumulation: float = 0.9
     """Rays whose rendered opacity is below this give no point (their expected depth is not on the surface)."""
     min_facing: float = 0.25

@@ -19,10 +19,12 @@ from dataclasses import dataclass, field, replace
 from typing import Dict, Optional, Tuple
 
 from pmni_method.fields.sdf_field import SDFFieldConfig
+from pmni_method.models.consistency import MultiViewConsistencyConfig
 from pmni_method.models.core import PMNICoreConfig
 from pmni_method.models.pose_model import PoseModelConfig
 from pmni_method.models.sampler import OccupancySamplerConfig
 from pmni_method.models.schedule import (
+    POSE_FREE_MVC_WEIGHT,
     LossScheduleConfig,
     LossStage,
     LRScheduleConfig,
@@ -166,7 +168,20 @@ def pose_free_gauge(pose_init: str) -> str:
     return "mean" if pose_init == "ring" else "frozen-camera"
 
 
-def pose_free_stages(stages: Tuple[LossStage, ...], mvc_weight: float = 1.0) -> Tuple[LossStage, ...]:
+def pose_free_consistency(base: Optional[MultiViewConsistencyConfig] = None) -> MultiViewConsistencyConfig:
+    """The consistency term's pair sampling for pose-free runs: ``base`` with its ``pose_free_num_points`` and
+    ``pose_free_views_per_point`` (more than the calibrated default, so each camera gets a less noisy share of the
+    term's gradient)."""
+    base = base or MultiViewConsistencyConfig()
+    # getattr: consistency configs saved in a config.yml before the fields existed.
+    return replace(
+        base,
+        num_points=getattr(base, "pose_free_num_points", 512),
+        views_per_point=getattr(base, "pose_free_views_per_point", 4),
+    )
+
+
+def pose_free_stages(stages: Tuple[LossStage, ...], mvc_weight: float = POSE_FREE_MVC_WEIGHT) -> Tuple[LossStage, ...]:
     """The consistency term at ``mvc_weight`` (at least) in every stage that trains normals."""
     # A camera misplaced along its orbit keeps its silhouette and turns its target and rendered normals together;
     # only parallax between views reveals it, and the consistency term is what measures that. Waiting for the last
@@ -193,14 +208,15 @@ def pose_settings(
     """The pose model and loss schedule a run from ``pose_init`` trains with: copies with every ``auto`` decided.
 
     This is the one switch: any start but ``gt`` refines the poses (mode ``SE3``), fixes the gauge by the start,
-    recentres each camera on its mask and turns the consistency term on wherever normals train; ``gt`` stays
-    calibrated. Settings given explicitly are kept (``mode SE3`` from ``gt`` refines calibrated poses, ``mode off``
+    recentres each camera on its mask and turns the consistency term on wherever normals train (its pair sampling:
+    :func:`pose_free_consistency`, applied where the term is set up); ``gt`` stays calibrated. Settings given explicitly are kept (``mode SE3`` from ``gt`` refines calibrated poses, ``mode off``
     from a ring trains on the ring as it is, ``pose_free_mvc 0`` leaves the stages alone).
     """
     pose = resolve_pose_model(pose, pose_init)
     if pose.mode == "SE3":
         # getattr: schedules saved in a config.yml before the field existed.
-        schedule = replace(schedule, stages=pose_free_stages(schedule.stages, getattr(schedule, "pose_free_mvc", 1.0)))
+        weight = getattr(schedule, "pose_free_mvc", POSE_FREE_MVC_WEIGHT)
+        schedule = replace(schedule, stages=pose_free_stages(schedule.stages, weight))
     return pose, schedule
 
 
@@ -218,6 +234,8 @@ __all__ = [
     "GroupOptim",
     "PRESET_NAMES",
     "core_preset",
+    "POSE_FREE_MVC_WEIGHT",
+    "pose_free_consistency",
     "pose_free_gauge",
     "pose_free_stages",
     "pose_settings",

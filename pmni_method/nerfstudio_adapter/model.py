@@ -33,7 +33,7 @@ from pmni_method.models import step as core_step
 from pmni_method.models.consistency import MultiViewConsistencyConfig
 from pmni_method.models.core import PMNICore, PMNICoreConfig, core_config_for, normal_angular_error_deg
 from pmni_method.models.pose_polish import PosePolishConfig, PosePolisher
-from pmni_method.models.presets import pose_settings
+from pmni_method.models.presets import pose_free_consistency, pose_settings
 from pmni_method.models.schedule import LRScheduleConfig
 from pmni_method.nerfstudio_adapter.pose_adapter import PoseRefiner, PoseRefinerConfig
 
@@ -108,10 +108,11 @@ class PMNIModel(Model):
             # The datamanager's ray store holds the views on the training device; a model built without one (tests)
             # makes its own.
             views = store.views if store is not None else TrainingViews.from_data(data)
+        consistency = self.config.consistency
         self.step_context = core_step.StepContext(
             poses=self.camera_optimizer.poses,
             views=views,
-            consistency=self.config.consistency,
+            consistency=pose_free_consistency(consistency) if self.camera_optimizer.poses.enabled else consistency,
             targets_follow_poses=targets_follow_poses,
         )
         self.pose_polisher: Optional[PosePolisher] = None

@@ -40,6 +40,9 @@ class EvalConfig:
     translation errors per view after a similarity alignment of the camera centres to the true ones."""
     align_to_poses: bool = True
     """With --poses: measure the geometry after that same alignment (a pose-free run lives in its own frame)."""
+    find_poses: bool = True
+    """Without --poses or --alignment: if refined poses lie beside the mesh (<mesh name>.poses.json, as pmni-export
+    writes them for a pose-free run), align by them; a pose-free mesh scored in its own frame misses the masks."""
     refine_alignment: Optional[bool] = None
     """Also report the metrics after an ICP similarity refining the alignment (the shape's own error, apart from
     the camera-based alignment's); default: whenever the mesh is aligned."""
@@ -93,6 +96,7 @@ def main(config: EvalConfig) -> int:
             poses=config.poses,
             align_to_poses=config.align_to_poses,
             refine_alignment=config.refine_alignment,
+            find_poses=config.find_poses,
         )
         print_metrics(metrics)
         for warning in metrics["warnings"]:
