@@ -162,8 +162,9 @@ def test_one_switch_equals_the_explicit_flag_set() -> None:
             flags = explicit.pipeline.model.camera_optimizer
             flags.mode, flags.recentre_on_masks, flags.gauge = "SE3", True, gauge
             schedule = explicit.pipeline.model.core.loss_schedule
+            weight = POSE_FREE_MVC_WEIGHT
             schedule.stages = tuple(
-                dataclasses.replace(s, mvc=max(s.mvc, POSE_FREE_MVC_WEIGHT)) if s.normal > 0 else s for s in schedule.stages
+                dataclasses.replace(s, mvc=max(s.mvc, weight)) if s.normal > 0 else s for s in schedule.stages
             )
             pose, stages = resolved(switch, start)
             pose_explicit, stages_explicit = resolved(explicit, start)

@@ -172,8 +172,10 @@ def test_intrinsics_only_trains_from_a_ring_and_exports_transforms_json(bunny_di
     assert [Path(p).name for p in outputs.image_filenames] == [f"{v:03d}.exr" for v in data.view_ids]
     assert [Path(p).parent.name for p in outputs.mask_filenames] == ["mask"] * 8
 
-    # Without a physical unit, pmni-eval only scores the mesh through its poses (a similarity to the truth).
-    assert eval_cli.main(eval_cli.EvalConfig(mesh=mesh, data=bunny_dir)) == 2
+    # Without a physical unit, pmni-eval only scores the mesh through its poses (a similarity to the truth): given,
+    # or found beside the mesh.
+    assert eval_cli.main(eval_cli.EvalConfig(mesh=mesh, data=bunny_dir, find_poses=False)) == 2
     assert eval_cli.main(
         eval_cli.EvalConfig(mesh=mesh, data=bunny_dir, poses=mesh.with_name("bunny.poses.json"))
     ) == 0
+    assert eval_cli.main(eval_cli.EvalConfig(mesh=mesh, data=bunny_dir)) == 0

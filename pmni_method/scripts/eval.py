@@ -64,7 +64,7 @@ def _load_alignment(path: Path) -> np.ndarray:
 
 def main(config: EvalConfig) -> int:
     """Run the evaluation; return the process exit code (0, or 2 for bad input after printing one line)."""
-    from pmni_method.evaluation import evaluate
+    from pmni_method.evaluation import evaluate, refined_poses_beside
     from pmni_method.export import read_mesh_source
     from pmni_method.report import print_metrics
 
@@ -79,11 +79,13 @@ def main(config: EvalConfig) -> int:
         if config.poses is not None and config.align_to_poses and alignment is not None:
             raise PMNIInputError("--alignment and --poses both align the mesh; pass --no-align-to-poses to keep --alignment")
         source = read_mesh_source(config.mesh) if Path(config.mesh).is_file() else None
-        if source and source.get("units", "world") != "world" and alignment is None and config.poses is None:
+        placed = alignment is not None or config.poses is not None
+        placed = placed or (config.find_poses and refined_poses_beside(config.mesh) is not None)
+        if source and source.get("units", "world") != "world" and not placed:
             # Without a scale_mat the mesh has no physical size: only a similarity to the true cameras places it.
             raise PMNIInputError(
                 f"{config.mesh}: the mesh is in {source['units']} units (its dataset gave no scale_mat); pass --poses "
-                "with its poses file so that it is aligned to the truth by a similarity"
+                "with its refined poses file so that it is aligned to the truth by a similarity"
             )
         metrics = evaluate(
             config.mesh,
