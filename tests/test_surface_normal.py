@@ -108,3 +108,24 @@ def test_surface_normal_sees_a_ripple_that_the_composited_normal_averages_away()
     surface = normal_angular_error_deg(out["surface_normal"][hit], target[hit]).mean()
     assert float(surface) > 1.5 * float(composited), (float(surface), float(composited))
     assert float(surface) > 3.0
+
+
+def test_eval_image_metrics_report_both_normal_errors() -> None:
+    import pytest
+
+    pytest.importorskip("nerfstudio")
+    from pmni_method.nerfstudio_adapter.model import PMNIModel
+
+    o, d = camera_rays(24)
+    target, inside, _ = sphere_hit_normal(o, d)
+    batch = {"normal": target.view(24, 24, 3), "fg_mask": inside.float().view(24, 24, 1)}
+    results = {}
+    for name, field in {"sphere": AnalyticField(), "ripple": AnalyticField(amp=0.0005, k=400.0)}.items():
+        with torch.no_grad():
+            out = analytic_core(field).render(o, d)
+        image = {k: v.view(24, 24, -1) for k, v in out.items() if isinstance(v, Tensor)}
+        # The method reads only its arguments: no nerfstudio pipeline is needed to call it.
+        results[name], _ = PMNIModel.get_image_metrics_and_images(None, image, batch)  # type: ignore[arg-type]
+    assert results["sphere"]["surface_normal_mae_deg"] < 0.05
+    assert results["sphere"]["surface_hit_fraction"] > 0.99
+    assert results["ripple"]["surface_normal_mae_deg"] > 1.5 * results["ripple"]["normal_mae_deg"]
