@@ -129,14 +129,9 @@ def _fast() -> CorePreset:
             num_levels=8, features_per_level=2, log2_hashmap_size=17, base_resolution=32, per_level_scale=1.32
         ),
         sampler=OccupancySamplerConfig(
-            grid_resolution=128, update_every=8, step_size_start=2.0 / 96, step_size_end=2.0 / 384
+            grid_resolution=64, update_every=8, step_size_start=2.0 / 96, step_size_end=2.0 / 384
         ),
         loss_schedule=LossScheduleConfig(stages=fast_stages(), total_steps=iters),
-        # A cheap no-grad pass drops the samples outside the opacity band (about 3 of 4 marched), and the sharpness
-        # floor rises with the step decay to the ceiling (s = 2 / step): the band is then ~7 samples deep.
-        prune_alpha=1e-3,
-        prune_transmittance=1e-3,
-        inv_s_floor_factor_end=2.0,
         c2f_start_levels=3,
         c2f_end=0.5,
     )
