@@ -103,3 +103,29 @@ def accumulate(values: Tensor, weights: Tensor, ray_indices: Tensor, n_rays: int
     if weights.numel() == 0:
         return out
     return out.index_add(0, ray_indices, weights[:, None] * values)
+
+
+def first_zero_crossing(sdf: Tensor, t_mid: Tensor, ray_indices: Tensor, n_rays: int) -> Tuple[Tensor, Tensor]:
+    """Distance [n_rays] of each ray's first outside-to-inside sign change of the SDF between consecutive samples,
+    linearly interpolated, and whether it has one (bool [n_rays]; distance 0 where not).
+
+    Samples are packed (sorted by ray, then distance); ``sdf`` and ``t_mid`` [S] are at the sample midpoints.
+    """
+    t_hit = t_mid.new_zeros(n_rays)
+    hit = torch.zeros(n_rays, dtype=torch.bool, device=t_mid.device)
+    if sdf.numel() < 2:
+        return t_hit, hit
+    s0, s1 = sdf[:-1], sdf[1:]
+    crossing = (ray_indices[1:] == ray_indices[:-1]) & (s0 > 0) & (s1 <= 0)
+    pos = torch.nonzero(crossing).squeeze(-1)
+    if pos.numel() == 0:
+        return t_hit, hit
+    # Packed order: the smallest position among a ray's crossings is its first one along the ray.
+    first = torch.full((n_rays,), sdf.numel(), dtype=torch.long, device=sdf.device)
+    first = first.scatter_reduce(0, ray_indices[pos], pos, reduce="amin")
+    rays = torch.nonzero(first < sdf.numel()).squeeze(-1)
+    i = first[rays]
+    frac = s0[i] / (s0[i] - s1[i]).clamp(min=1e-12)
+    t_hit[rays] = t_mid[i] + frac * (t_mid[i + 1] - t_mid[i])
+    hit[rays] = True
+    return t_hit, hit

@@ -240,15 +240,28 @@ class PMNIModel(Model):
     def get_image_metrics_and_images(
         self, outputs: Dict[str, Any], batch: Dict[str, Tensor]
     ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
-        """Normal mean angular error (degrees) inside the mask, and predicted|target normal and depth images."""
+        """Normal mean angular error (degrees) inside the mask, and predicted|target normal and depth images.
+
+        ``normal_mae_deg`` scores the composited normals (an average over the opacity band);
+        ``surface_normal_mae_deg`` scores the SDF's own gradient at each ray's first zero crossing (what a mesh
+        of the level set shows), over masked pixels with a crossing, against the same (training-resolution) targets;
+        ``surface_hit_fraction`` is the share of masked pixels with a crossing."""
         device = outputs["normal"].device
         gt = batch["normal"].to(device)
         mask = batch["fg_mask"].to(device)
         mask = (mask[..., 0] if mask.dim() == 3 else mask) > 0.5
         pred = outputs["normal"]
         err = normal_angular_error_deg(pred[mask], gt[mask]) if bool(mask.any()) else torch.zeros(0, device=device)
+        surface_err = torch.zeros(0, device=device)
+        hit_fraction = float("nan")
+        if "surface_normal" in outputs and bool(mask.any()):
+            hit = mask & (outputs["surface_hit"][..., 0] > 0.5)
+            hit_fraction = float(hit.sum() / mask.sum())
+            surface_err = normal_angular_error_deg(outputs["surface_normal"][hit], gt[hit])
         metrics = {
             "normal_mae_deg": float(err.mean()) if err.numel() else float("nan"),
+            "surface_normal_mae_deg": float(surface_err.mean()) if surface_err.numel() else float("nan"),
+            "surface_hit_fraction": hit_fraction,
             "normal_within_10deg": float((err < 10).float().mean()) if err.numel() else float("nan"),
             "mask_iou": float(
                 ((outputs["accumulation"][..., 0] > 0.5) & mask).sum() / ((outputs["accumulation"][..., 0] > 0.5) | mask).sum().clamp(min=1)
