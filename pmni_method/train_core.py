@@ -79,7 +79,9 @@ def build_run(
     ``pose_init`` defaults to the start the data was loaded with."""
     mode = "auto" if refine_poses is None else ("SE3" if refine_poses else "off")
     pose_config, preset.core.loss_schedule = pose_settings(
-        PoseModelConfig(mode=mode, gauge=gauge or "auto"), preset.core.loss_schedule, pose_init or data.pose_init
+        PoseModelConfig(mode=mode, gauge=gauge or "auto", recentre_on_masks=None),
+        preset.core.loss_schedule,
+        pose_init or data.pose_init,
     )
     torch.manual_seed(seed)
     core = PMNICore(core_config_for(preset.core, data, device)).to(device)

@@ -179,3 +179,21 @@ def test_intrinsics_only_trains_from_a_ring_and_exports_transforms_json(bunny_di
         eval_cli.EvalConfig(mesh=mesh, data=bunny_dir, poses=mesh.with_name("bunny.poses.json"))
     ) == 0
     assert eval_cli.main(eval_cli.EvalConfig(mesh=mesh, data=bunny_dir)) == 0
+
+
+@pytest.mark.parametrize("start", ["ring", "noisy"])
+def test_plain_loop_and_ns_train_decide_the_same_pose_free_settings(bunny_dir: Path, start: str) -> None:
+    from pmni_method.models.presets import core_preset, pose_free_consistency, pose_settings
+    from pmni_method.pmni_config import trainer_config
+    from pmni_method.train_core import build_run
+
+    data = load_diligent_mv(bunny_dir, load_depth=False, pose_init=PoseInitConfig(pose_init=start))
+    run = build_run(core_preset("pmni-fast"), data, "cpu")
+    model = trainer_config("pmni-fast").pipeline.model
+    pose, schedule = pose_settings(model.camera_optimizer, model.core.loss_schedule, start)
+    plain = run.context.poses.config
+    for name in ("mode", "gauge", "recentre_on_masks", "frozen_camera", "translation_unit"):
+        assert getattr(plain, name) == getattr(pose, name), name
+    assert plain.recentre_on_masks and not np.allclose(run.context.poses.start.numpy(), np.eye(4))
+    assert run.preset.core.loss_schedule.stages == schedule.stages
+    assert run.context.consistency == pose_free_consistency(model.consistency)
