@@ -8,7 +8,7 @@ to the foreground).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Tuple, Type
 
@@ -59,12 +59,6 @@ class DiligentMVDataParserConfig(DataParserConfig, PoseInitConfig):
     """Load integration/perspective/*.npy depth maps when the dataset has them."""
     data_checks: DataChecks = "error"
     """Load-time checks that normals face the cameras and the object fits the unit sphere: error = refuse, warn, off."""
-
-    def pose_init_config(self) -> PoseInitConfig:
-        """The pose options (inherited from :class:`PoseInitConfig`) as the plain config the loader takes."""
-        values = {f.name: getattr(self, f.name) for f in fields(PoseInitConfig)}
-        # A config read back from YAML or built by hand may hold lists where the loader expects tuples.
-        return PoseInitConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 class DiligentMVDataParser(DataParser):

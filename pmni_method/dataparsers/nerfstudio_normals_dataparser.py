@@ -8,7 +8,7 @@ cameras reach nerfstudio as the pinhole cameras of the undistorted maps.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Tuple, Type
 
@@ -54,11 +54,6 @@ class NerfstudioNormalsDataParserConfig(DataParserConfig, PoseInitConfig):
     """Ground-truth mesh in the capture's frame; None = mesh_Gt.ply beside transforms.json, if there."""
     data_checks: DataChecks = "error"
     """Load-time checks that normals face the cameras and the masks agree with the sphere: error = refuse, warn, off."""
-
-    def pose_init_config(self) -> PoseInitConfig:
-        """The pose options (inherited from :class:`PoseInitConfig`) as the plain config the loader takes."""
-        values = {f.name: getattr(self, f.name) for f in fields(PoseInitConfig)}
-        return PoseInitConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 class NerfstudioNormalsDataParser(DataParser):

@@ -6,7 +6,7 @@ imports nerfstudio, torch or image libraries.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal, Optional, Sequence, Tuple, Union
 
@@ -146,6 +146,12 @@ class PoseInitConfig:
     poses_file: Optional[Path] = None
     """file: poses file (.npz world_mat_<i>, .npy/.txt (N,4,4) or (N,3,4), .json [{"view", "c2w"}]) in the dataset's
     world units, or in any frame and unit when the dataset has no scale_mat (DUSt3R, COLMAP, Metashape starts)."""
+
+    def pose_init_config(self) -> "PoseInitConfig":
+        """Just these pose options, as a plain config (a dataparser config inherits them among its own fields)."""
+        values = {f.name: getattr(self, f.name) for f in fields(PoseInitConfig)}
+        # A config read back from YAML or built by hand may hold lists where the loader expects tuples.
+        return PoseInitConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def initial_poses(
