@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from pmni_method import cameras_torch
+from pmni_method.poses.from_masks import centroid_rays
 
 with warnings.catch_warnings():
     # pypose's import uses torch.jit.script, which current torch flags as deprecated on every import.
@@ -106,15 +107,10 @@ def recentre_on_masks(c2w: np.ndarray, K: np.ndarray, masks: np.ndarray) -> np.n
     centroid passes through the origin. The centre stays put: ``A = [R_a | c - R_a c]``."""
     c2w = np.asarray(c2w, dtype=np.float64)
     out = np.tile(np.eye(4), (len(c2w), 1, 1))
-    for i in range(len(c2w)):
-        rows, cols = np.nonzero(np.asarray(masks[i]))
-        if len(rows) == 0:
-            continue
-        pixel = np.array([cols.mean(), rows.mean(), 1.0])
-        ray = c2w[i, :3, :3] @ np.linalg.solve(np.asarray(K[i], dtype=np.float64), pixel)
-        centre = c2w[i, :3, 3]
-        if np.linalg.norm(centre) < 1e-9:
-            continue  # a camera at the origin looks at it from everywhere
+    centres, rays = centroid_rays(c2w, K, masks)
+    for i, (centre, ray) in enumerate(zip(centres, rays)):
+        if not ray.any() or np.linalg.norm(centre) < 1e-9:
+            continue  # an empty mask points nowhere; a camera at the origin looks at it from everywhere
         R = rotation_between(ray, -centre)
         out[i, :3, :3] = R
         out[i, :3, 3] = centre - R @ centre

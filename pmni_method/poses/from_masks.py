@@ -67,11 +67,14 @@ def estimate_camera_distance(K: np.ndarray, masks: Sequence[np.ndarray], object_
 
 
 def centroid_rays(c2w: np.ndarray, K: np.ndarray, masks: Sequence[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
-    """(N, 3) camera centres and (N, 3) unit world directions of the rays through each mask's centroid."""
+    """(N, 3) camera centres and (N, 3) unit world directions of the rays through each mask's centroid (zero for an
+    empty mask)."""
     c2w = np.asarray(c2w, dtype=np.float64)
     directions = np.zeros((len(c2w), 3))
     for i, mask in enumerate(masks):
         rows, cols = np.nonzero(np.asarray(mask))
+        if len(rows) == 0:
+            continue
         pixel = np.array([cols.mean(), rows.mean(), 1.0])
         ray = c2w[i, :3, :3] @ np.linalg.solve(np.asarray(K[i], dtype=np.float64), pixel)
         directions[i] = ray / np.linalg.norm(ray)
