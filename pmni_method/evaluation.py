@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -29,8 +30,12 @@ import numpy as np
 import trimesh
 
 from pmni_method.alignment import apply_alignment, evaluate_poses, icp_similarity, object_alignment
+from pmni_method.cameras import downscale_intrinsics
+from pmni_method.data.camera_file import read_cameras
 from pmni_method.data.diligent_mv import load_diligent_mv
-from pmni_method.data.layout import GT_MESH_FILE
+from pmni_method.data.layout import GT_CAMERAS_FILE, GT_MESH_FILE, TRUE_MASK_DIR, TRUE_WORLD_NORMAL_DIR
+from pmni_method.data.types import MultiViewNormalData
+from pmni_method.npz import read_npz
 from pmni_method.errors import EvaluationInputError
 from pmni_method.export import read_mesh_source
 from pmni_method.metrics import chamfer_fscore, normal_pass, normal_report
@@ -221,6 +226,69 @@ def evaluate_arrays(
     return out
 
 
+@dataclass
+class ReferenceMaps:
+    """What the reconstruction is scored against: the true maps, masks and intrinsics where the dataset has them."""
+
+    K: np.ndarray
+    """[V, 3, 3] intrinsics at the evaluation resolution (the true ones of ``cameras_gt.npz`` when present)."""
+    masks: np.ndarray
+    """[V, H, W] bool reference masks."""
+    normals_world: np.ndarray
+    """[V, H, W, 3] reference normals, world frame."""
+    label: str
+    """Where the maps come from, for the report."""
+    input_error: Optional[Dict[str, Any]] = None
+    """How far the stored (training) maps and masks are from these, when they differ."""
+
+
+def reference_maps(data_dir: Path, data: MultiViewNormalData, downscale_factor: int = 1) -> ReferenceMaps:
+    """The maps a mesh is scored against. A dataset with input errors (``pmni-synth --realistic`` and the like)
+    keeps the truth beside the stored maps (``normal_world_space_true/``, ``mask_true/``, the true K in
+    ``cameras_gt.npz``): scoring against the stored maps would reward reproducing their errors."""
+    norm = data.normalisation
+    stored_normals = norm.normals_to_world(np.asarray(data.normals, dtype=np.float64))
+    if not ((data_dir / TRUE_WORLD_NORMAL_DIR).is_dir() and (data_dir / TRUE_MASK_DIR).is_dir()):
+        return ReferenceMaps(data.K, np.asarray(data.masks, dtype=bool), stored_normals, "stored maps (no true maps)")
+    true = load_diligent_mv(
+        data_dir, normal_dir=TRUE_WORLD_NORMAL_DIR, mask_dir=TRUE_MASK_DIR, downscale_factor=downscale_factor,
+        load_depth=False, data_checks="off",
+    )
+    if true.view_ids != data.view_ids:
+        raise EvaluationInputError(f"{data_dir / TRUE_WORLD_NORMAL_DIR}: views {true.view_ids} differ from {data.view_ids}")
+    K = data.K
+    label = f"true maps ({TRUE_WORLD_NORMAL_DIR}/, {TRUE_MASK_DIR}/)"
+    gt_cameras = data_dir / GT_CAMERAS_FILE
+    if gt_cameras.is_file():
+        arrays = read_npz(gt_cameras)
+        if all(f"world_mat_{v}" in arrays for v in data.view_ids):
+            K_full = read_cameras(gt_cameras, arrays, data.view_ids, scale_mat=norm.scale_mat)[0]
+            K = downscale_intrinsics(K_full, downscale_factor) if downscale_factor > 1 else K_full
+            label += f", true intrinsics ({GT_CAMERAS_FILE})"
+    true_masks = np.asarray(true.masks, dtype=bool)
+    true_normals = true.normalisation.normals_to_world(np.asarray(true.normals, dtype=np.float64))
+    return ReferenceMaps(K, true_masks, true_normals, label, input_error(stored_normals, data.masks, true_normals, true_masks))
+
+
+def input_error(
+    stored_normals: np.ndarray, stored_masks: np.ndarray, true_normals: np.ndarray, true_masks: np.ndarray
+) -> Dict[str, Any]:
+    """The stored maps' own error against the truth: the bar a multi-view reconstruction should get below."""
+    stored_masks = np.asarray(stored_masks, dtype=bool)
+    both = stored_masks & true_masks
+    a = stored_normals[both]
+    b = true_normals[both]
+    cos = np.sum(a * b, axis=-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
+    angles = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+    union = int((stored_masks | true_masks).sum())
+    return {
+        "normal_mae_deg": float(angles.mean()) if len(angles) else None,
+        "normal_median_deg": float(np.median(angles)) if len(angles) else None,
+        "mask_iou": float(both.sum() / union) if union else None,
+        "pixels_compared": int(both.sum()),
+    }
+
+
 def evaluate(
     mesh_path: Path | str,
     data_dir: Path | str,
@@ -238,7 +306,9 @@ def evaluate(
     """Evaluate the mesh at ``mesh_path`` (world units) against the dataset in ``data_dir`` and its ``mesh_Gt.ply``.
 
     Cameras are the TRUE poses (``cameras_gt.npz`` when the dataset has one), so a run trained from perturbed poses
-    is judged against the real geometry. ``heldout_views`` are view ids as in the file names.
+    is judged against the real geometry. Normals, masks and intrinsics are likewise the true ones when the dataset
+    keeps them beside perturbed inputs (:func:`reference_maps`); ``"input_maps_error"`` then says how far the
+    training maps were from them. ``heldout_views`` are view ids as in the file names.
 
     ``poses``: a file of estimated poses (e.g. pmni-export's ``<mesh>.poses.json``); their errors are reported
     under ``"poses"`` (:func:`evaluate_poses`) and, with ``align_to_poses``, the mesh is moved by the similarity
@@ -275,7 +345,7 @@ def evaluate(
     norm = data.normalisation
     c2w_norm = data.gt_c2w if data.gt_c2w is not None else data.c2w
     c2w_world = norm.c2w_to_world(c2w_norm)
-    gt_normals = norm.normals_to_world(np.asarray(data.normals, dtype=np.float64))
+    reference = reference_maps(data_dir, data, downscale_factor)
     pose_report = None
     found_poses = refined_poses_beside(mesh_path) if find_poses and poses is None and alignment is None else None
     if found_poses is not None:
@@ -303,10 +373,10 @@ def evaluate(
     metrics = evaluate_arrays(
         pred_mesh,
         gt_mesh,
-        data.K,
+        reference.K,
         c2w_world,
-        data.masks,
-        gt_normals,
+        reference.masks,
+        reference.normals_world,
         threshold=threshold,
         view_ids=data.view_ids,
         heldout_views=heldout_views,
@@ -322,6 +392,8 @@ def evaluate(
         "data": str(data_dir),
         "gt_mesh": str(gt_path),
         "reference_poses": "cameras_gt (true poses)" if data.gt_c2w is not None else "cameras_sphere",
+        "reference_maps": reference.label,
+        "input_maps_error": reference.input_error,
         "downscale_factor": int(downscale_factor),
         "source": source,
         **metrics,

@@ -20,7 +20,8 @@ def print_metrics(metrics: Dict[str, Any], console: Optional[Any] = None) -> Non
     title = f"pmni-eval: {metrics['mesh']}" if "mesh" in metrics else "pmni-eval"
     table = Table(
         title=title,
-        caption="distances in the dataset's world units (DiLiGenT-MV: mm); normal MAE over pixels the mesh hits",
+        caption="distances in the dataset's world units (DiLiGenT-MV: mm); normal MAE over pixels the mesh hits"
+        + (f"; scored against the {metrics['reference_maps']}" if metrics.get("input_maps_error") else ""),
         header_style="bold",
     )
     table.add_column("metric")
@@ -48,6 +49,11 @@ def print_metrics(metrics: Dict[str, Any], console: Optional[Any] = None) -> Non
         table.add_row(f"Normal MAE, {label}", _fmt(s["mae_deg"], ".3f"), f"deg ({nrm['normal_type']})")
         table.add_row("  mask pixels hit", _fmt(s["hit_fraction"], ".4f"), "0..1")
         table.add_row("  silhouette IoU", _fmt(s["silhouette_iou"], ".4f"), "0..1")
+    inputs = metrics.get("input_maps_error")
+    if inputs:
+        # The bar of multi-view fusion: the reconstruction's normal error against the truth should be below this.
+        table.add_row("Input maps' normal MAE vs truth", _fmt(inputs["normal_mae_deg"], ".3f"), "deg (training maps)")
+        table.add_row("  input masks' IoU with the truth", _fmt(inputs["mask_iou"], ".4f"), "0..1")
     poses = metrics.get("poses")
     if poses is not None:
         table.add_row(

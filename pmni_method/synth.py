@@ -45,6 +45,9 @@ from pmni_method.data.layout import (
     GT_CAMERAS_FILE,
     GT_MESH_FILE,
     MASK_DIR,
+    TRUE_CAMERA_NORMAL_DIR,
+    TRUE_MASK_DIR,
+    TRUE_WORLD_NORMAL_DIR,
     WORLD_NORMAL_DIR,
 )
 from pmni_method.errors import PMNIDataError
@@ -53,7 +56,7 @@ from pmni_method.poses.starts import POSE_NOISE_DEFINITION, perturb_poses
 from pmni_method.raycast import make_intersector
 from pmni_method.staging import Interrupts, commit, remove_stale_staging, staging_folder
 from pmni_method.synth_noise import NORMAL_NOISE_DEFINITION, depth_scale_factors, perturb_normals
-from pmni_method.synth_realistic import TRUE_CAMERA_NORMAL_DIR, TRUE_MASK_DIR, TRUE_WORLD_NORMAL_DIR, StoredView
+from pmni_method.synth_realistic import StoredView
 from pmni_method.synth_render import ViewRender, lean_toward_camera, render_view
 
 __all__ = ["ViewRender", "lean_toward_camera", "render_view"]  # re-exported: callers and tests patch synth.render_view

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 from pmni_method import cameras
+from pmni_method.data.layout import TRUE_CAMERA_NORMAL_DIR, TRUE_MASK_DIR, TRUE_WORLD_NORMAL_DIR
 from pmni_method.synth_errors import (
     CONCAVITY_DEFINITION,
     INTRINSICS,
@@ -36,12 +37,6 @@ from pmni_method.synth_masks import (
 )
 from pmni_method.synth_render import ViewRender, lean_toward_camera
 
-TRUE_WORLD_NORMAL_DIR = "normal_world_space_true"
-"""The true world-space normal maps, when the stored ones carry errors."""
-TRUE_CAMERA_NORMAL_DIR = "normal_camera_space_true"
-"""The true camera-space normal maps (true camera), when the stored ones carry errors."""
-TRUE_MASK_DIR = "mask_true"
-"""The true masks, when the stored ones carry errors (written together with the true normal maps)."""
 TRUE_DIRS = (TRUE_WORLD_NORMAL_DIR, TRUE_CAMERA_NORMAL_DIR, TRUE_MASK_DIR)
 
 REALISTIC: Dict[str, Any] = {

@@ -14,6 +14,7 @@ geometry and normal metrics). Exit codes: 0 done, 2 bad input, 3 training diverg
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
@@ -212,7 +213,41 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mesh-resolution", type=int, default=256)
     parser.add_argument("--log-every", type=int, default=100)
+    parser.add_argument(
+        "--core-set", action="append", default=[], metavar="FIELD=VALUE",
+        help="set a top-level PMNICoreConfig field (e.g. normal_loss_type=cauchy, grazing_cos=0.3); repeatable",
+    )
     return parser.parse_args(argv)
+
+
+def apply_core_settings(preset: CorePreset, settings: Sequence[str]) -> CorePreset:
+    """``preset`` with top-level core fields set from ``FIELD=VALUE`` strings (typed like the field's default).
+    Raises ValueError (one line) on an unknown field or a value of the wrong type."""
+    changes: Dict[str, Any] = {}
+    fields = {f.name: f for f in dataclasses.fields(preset.core)}
+    for item in settings:
+        name, sep, text = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in fields:
+            raise ValueError(f"--core-set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
+        current = getattr(preset.core, name)
+        if dataclasses.is_dataclass(current):
+            raise ValueError(f"--core-set {item!r}: {name} is a nested config; only plain fields can be set")
+        try:
+            if isinstance(current, bool):
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(text)
+                value: Any = text.lower() in ("true", "1")
+            elif isinstance(current, (int, float)):
+                value = type(current)(text)
+            else:
+                value = text
+        except ValueError:
+            raise ValueError(f"--core-set {item!r}: {name} takes a {type(current).__name__}") from None
+        changes[name] = value
+    if changes:
+        preset = dataclasses.replace(preset, core=dataclasses.replace(preset.core, **changes))
+    return preset
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -233,6 +268,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print_error(f"error: {err}", prog=PROG, stderr=True)
         return EXIT_BAD_INPUT
     preset = core_preset(args.preset)
+    try:
+        preset = apply_core_settings(preset, args.core_set)
+    except ValueError as err:
+        print_error(f"error: {err}", prog=PROG, stderr=True)
+        return EXIT_BAD_INPUT
     if args.iterations:
         preset = with_iterations(preset, args.iterations)
     if args.rays:

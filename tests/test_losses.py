@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -112,3 +113,44 @@ def test_one_run_length_rescales_every_schedule_and_old_scheduler_configs_load()
     old = yaml.dump(scheduler).replace("total_steps: 90", "max_steps: 1234")
     loaded = yaml.load(old, Loader=yaml.Loader)
     assert type(loaded) is WarmupCosineSchedulerConfig and loaded.total_steps == 1234 and loaded.max_steps == 1234
+
+
+def test_robust_and_weighted_normal_loss() -> None:
+    target = torch.tensor([[0.0, 0.0, 1.0]] * 4)
+    # Three rays off by ~0.05 and one outlier off by 1 (in |n - n*|).
+    pred = target + torch.tensor([[0.05, 0, 0], [0, 0.05, 0], [-0.05, 0, 0], [1.0, 0, 0]])
+    fg = torch.ones(4, 1)
+    l2 = L.normal_loss(pred, target, fg, "l2")
+    cauchy = L.normal_loss(pred, target, fg, "cauchy", robust_scale=0.1)
+    assert float(l2) == pytest.approx((3 * 0.05**2 + 1.0) / 4)
+    assert float(cauchy) == pytest.approx((3 * 0.01 * math.log1p(0.25) + 0.01 * math.log1p(100.0)) / 4, rel=1e-5)
+    # Small residuals: Cauchy ~ l2.
+    assert float(L.normal_loss(pred[:3], target[:3], fg[:3], "cauchy", robust_scale=1.0)) == pytest.approx(
+        float(L.normal_loss(pred[:3], target[:3], fg[:3], "l2")), rel=0.01
+    )
+    weight = torch.tensor([[1.0], [1.0], [1.0], [0.0]])
+    assert float(L.normal_loss(pred, target, fg, "l2", weight)) == pytest.approx(0.05**2)
+
+
+def test_grazing_weight_and_boundary_weighted_mask_loss() -> None:
+    normals = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.6, 0.8], [0.0, 0.0, -1.0]])
+    rays = torch.tensor([[0.0, 0.0, -1.0]] * 4)
+    w = L.grazing_weight(normals, rays, 0.5)
+    assert w[:, 0].tolist() == pytest.approx([1.0, 0.0, 1.0, 0.0])
+    assert float(L.grazing_weight(normals[2:3], rays[:1], 1.0)) == pytest.approx(0.8)
+    acc = torch.tensor([[0.9], [0.1], [0.5]])
+    fg = torch.tensor([[1.0], [0.0], [1.0]])
+    full = L.mask_loss(acc, fg)
+    kept = L.mask_loss(acc, fg, weight=torch.tensor([[1.0], [1.0], [0.0]]))
+    assert float(kept) == pytest.approx(float(L.mask_loss(acc[:2], fg[:2])))
+    assert float(kept) < float(full)
+
+
+def test_mask_boundary_distance() -> None:
+    from pmni_method.data.raystore import mask_boundary_distance
+
+    mask = np.zeros((1, 9, 9), dtype=bool)
+    mask[0, 2:7, 2:7] = True
+    d = mask_boundary_distance(mask)[0].numpy()
+    assert d[2, 4] == 1.0 and d[1, 4] == 1.0 and d[4, 4] == 3.0 and d[0, 4] == 2.0
+    assert np.isinf(mask_boundary_distance(np.ones((1, 3, 3), dtype=bool))).all()

@@ -394,3 +394,30 @@ def test_views_that_miss_the_object_stay_empty(make_tiny_dataset, tmp_path):
     assert any(m.any() for m in true_masks) and not all(m.any() for m in true_masks)
     for stored, true in zip(masks, true_masks):
         assert stored.any() == true.any()
+
+
+def test_pmni_eval_scores_against_the_truth_and_reports_the_inputs_error(realistic):
+    from pmni_method.evaluation import evaluate, reference_maps
+
+    # The true sphere scored against the perturbed maps would read their ~7 degrees of error as its own.
+    metrics = evaluate(realistic / layout.GT_MESH_FILE, realistic)
+    info = _info(realistic)["input_errors"]
+    assert metrics["reference_maps"].startswith("true maps")
+    assert metrics["normals"]["all"]["mae_deg"] < 1.5
+    assert metrics["input_maps_error"]["normal_mae_deg"] == pytest.approx(info["normals"]["overall"]["mean_deg"], abs=0.05)
+    assert metrics["input_maps_error"]["mask_iou"] < 1.0
+    data = load_diligent_mv(realistic, data_checks="off")
+    ref = reference_maps(realistic, data)
+    true_K = _cameras(realistic, layout.GT_CAMERAS_FILE)
+    for pos, i in enumerate(data.view_ids):
+        np.testing.assert_allclose(ref.K[pos], true_K[i][0], rtol=1e-9, atol=1e-9)
+        np.testing.assert_array_equal(ref.masks[pos], _maps(realistic, i, truth=True)[0])
+    assert not np.allclose(ref.K, data.K)
+
+
+def test_pmni_eval_of_a_clean_dataset_uses_its_own_maps(clean):
+    from pmni_method.evaluation import evaluate
+
+    metrics = evaluate(clean / layout.GT_MESH_FILE, clean)
+    assert metrics["input_maps_error"] is None and metrics["reference_maps"].startswith("stored maps")
+    assert metrics["normals"]["all"]["mae_deg"] < 1.5

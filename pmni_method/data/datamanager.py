@@ -145,7 +145,7 @@ class PMNIDataManager(DataManager):
             camera_indices=cam.unsqueeze(-1),
             metadata={"directions_norm": rays["directions_norm"]},
         )
-        batch = {k: rays[k] for k in ("normal", "fg_mask", "depth", "indices") if k in rays}
+        batch = {k: rays[k] for k in ("normal", "fg_mask", "depth", "indices", "mask_boundary_px") if k in rays}
         return ray_bundle, batch
 
     def next_train(self, step: int) -> Tuple[RayBundle, Dict]:

@@ -175,6 +175,7 @@ def load_diligent_mv(
     pose_init: Optional[PoseInitConfig] = None,
     data_checks: plausibility.DataChecks = "error",
     warn: Optional[Callable[[str], None]] = None,
+    mask_dir: str = MASK_DIR,
 ) -> MultiViewNormalData:
     """Load every view of a DiLiGenT-MV style dataset into the normalised frame (ascending view id).
 
@@ -189,6 +190,8 @@ def load_diligent_mv(
     ``data_checks`` sets what the plausibility checks do with implausible data: ``"error"`` refuses clearly wrong
     data and warns on borderline data, ``"warn"`` only warns, ``"off"`` skips them. Each warning is one line passed
     to ``warn`` (default: :func:`warnings.warn` with :class:`~pmni_method.data.types.PMNIDataWarning`).
+
+    ``mask_dir``: the masks' folder (the evaluation reads a synthetic dataset's true masks, ``mask_true``).
 
     Raises :class:`PMNIDataError` (one line: ``"<path>: <problem>"``) on any bad input.
     """
@@ -205,8 +208,8 @@ def load_diligent_mv(
     checks = plausibility.PlausibilityChecks(mode=data_checks)
 
     normal_files = find_normal_maps(data_dir, normal_dir)
-    mask_files = index_folder(data_dir / MASK_DIR, io.MASK_SUFFIXES)
-    _check_same_views(data_dir, {normal_dir: normal_files, MASK_DIR: mask_files})
+    mask_files = index_folder(data_dir / mask_dir, io.MASK_SUFFIXES)
+    _check_same_views(data_dir, {normal_dir: normal_files, mask_dir: mask_files})
     view_ids = sorted(normal_files)
     if space == "world" and pose_init.pose_init != "gt":
         raise _error(

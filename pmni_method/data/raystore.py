@@ -7,8 +7,9 @@ consistency term and the pose polish read the same tensors.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -73,6 +74,7 @@ class RayStore:
         self.fg_mask = self.views.masks.reshape(-1)
         self.depth: Optional[Tensor] = None if self.views.depths is None else self.views.depths.reshape(-1)
         self.fg_indices = torch.nonzero(self.fg_mask).squeeze(-1)
+        self.boundary_px = mask_boundary_distance(data.masks).reshape(-1).to(self.device)
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
 
     @property
@@ -104,6 +106,7 @@ class RayStore:
             "indices": torch.stack([cam, row, col], dim=-1),
             "normal": self.normals[flat_indices],
             "fg_mask": self.fg_mask[flat_indices].float().unsqueeze(-1),
+            "mask_boundary_px": self.boundary_px[flat_indices].unsqueeze(-1),
         }
         if self.depth is not None:
             out["depth"] = self.depth[flat_indices].unsqueeze(-1)
@@ -117,3 +120,19 @@ class RayStore:
         """Flat indices of every pixel of one view, row-major (for rendering whole images)."""
         start = view * self.height * self.width
         return torch.arange(start, start + self.height * self.width, device=self.device)
+
+
+def mask_boundary_distance(masks: Any) -> Tensor:
+    """Each pixel's distance in pixels [V, H, W] to the nearest pixel of the other label in its view's mask (1 next
+    to the boundary, on both sides): segmenter masks are least reliable there."""
+    from scipy.ndimage import distance_transform_edt  # pylint: disable=import-outside-toplevel
+
+    masks = np.asarray(masks, dtype=bool)
+    out = np.empty(masks.shape, dtype=np.float32)
+    for i, mask in enumerate(masks):
+        # A view that is all foreground (or all background) has no boundary: its pixels count as far from one.
+        if mask.all() or not mask.any():
+            out[i] = np.float32(np.inf)
+            continue
+        out[i] = np.where(mask, distance_transform_edt(mask), distance_transform_edt(~mask))
+    return torch.from_numpy(out)

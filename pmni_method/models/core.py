@@ -70,8 +70,17 @@ class PMNICoreConfig:
     """Fraction of the run at which all hash levels are active (levels unlock linearly until then)."""
     normalize_gradients: bool = True
     """Composite unit SDF gradients into the rendered normal (the eikonal term alone keeps their norm near 1)."""
-    normal_loss_type: Literal["l2", "l1"] = "l2"
-    """Normal loss: squared (l2) or absolute (l1) difference of world-frame normals inside the mask."""
+    normal_loss_type: Literal["l2", "l1", "cauchy"] = "l2"
+    """Normal loss: squared (l2) or absolute (l1) difference of world-frame normals inside the mask, or its Cauchy
+    loss (robust to large per-pixel errors of estimated normal maps)."""
+    normal_robust_scale: float = 0.1
+    """Scale c of the Cauchy normal loss, in units of |n - n*| (about the angle in radians: 0.1 ~ 5.7 degrees)."""
+    grazing_cos: float = 0.0
+    """Normal-loss confidence min(1, cos / grazing_cos) of a pixel whose target normal is seen at cos from its ray
+    (0: off): estimated normals are worst at grazing angles, where other views see the surface frontally."""
+    mask_boundary_px: float = 0.0
+    """The mask loss leaves out pixels this close (pixels at training resolution) to a mask boundary (0: off):
+    segmenter masks are off by 1-3 px at their boundaries."""
     mask_eps: float = 1e-3
     """Accumulation is clamped to [eps, 1 - eps] inside the mask BCE."""
     depth_min_pixels: int = 4
@@ -286,7 +295,9 @@ class PMNICore(nn.Module):
         :mod:`pmni_method.models.step` adds); terms whose weight is 0 are left out.
 
         ``batch``: ``normal`` [N, 3], ``fg_mask`` [N, 1], optional ``depth`` [N, 1] (camera z, any per-view scale,
-        0 where unknown) with ``indices`` [N, 3] or ``camera_indices`` [N(, 1)] to group pixels by view.
+        0 where unknown) with ``indices`` [N, 3] or ``camera_indices`` [N(, 1)] to group pixels by view, and
+        ``mask_boundary_px`` [N, 1] (each pixel's distance to its mask's boundary, for ``mask_boundary_px``).
+        The grazing confidence uses the rays as rendered (``outputs["train_rays"]``).
         ``weights``: the schedule's weights when the caller already has them (else those at ``step``).
         """
         has_depth = batch.get("depth") is not None
@@ -294,13 +305,21 @@ class PMNICore(nn.Module):
             weights = self.loss_weights(has_depth, step)
         fg = batch["fg_mask"].to(outputs["accumulation"])
         out: Dict[str, Tensor] = {}
+        cfg = self.config
         if weights["normal"] > 0:
             target = batch["normal"].to(outputs["normal"])
+            confidence = None
+            rays = outputs.get("train_rays")
+            if cfg.grazing_cos > 0 and rays is not None:
+                confidence = L.grazing_weight(target, rays["directions"].detach().to(target), cfg.grazing_cos)
             out["normal_loss"] = weights["normal"] * L.normal_loss(
-                outputs["normal"], target, fg, self.config.normal_loss_type
+                outputs["normal"], target, fg, cfg.normal_loss_type, confidence, cfg.normal_robust_scale
             )
         if weights["mask"] > 0:
-            out["mask_loss"] = weights["mask"] * L.mask_loss(outputs["accumulation"], fg, self.config.mask_eps)
+            mask_weight = None
+            if cfg.mask_boundary_px > 0 and batch.get("mask_boundary_px") is not None:
+                mask_weight = (batch["mask_boundary_px"].to(fg) > cfg.mask_boundary_px).to(fg)
+            out["mask_loss"] = weights["mask"] * L.mask_loss(outputs["accumulation"], fg, cfg.mask_eps, mask_weight)
         if weights["eikonal"] > 0:
             grads = outputs["samples"]["gradients"]
             if "random_gradients" in outputs["samples"]:

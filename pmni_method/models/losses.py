@@ -13,26 +13,57 @@ def _zero_like(t: Tensor) -> Tensor:
     return t.sum() * 0.0
 
 
-def normal_loss(pred: Tensor, target: Tensor, fg_mask: Tensor, kind: Literal["l2", "l1"] = "l2") -> Tensor:
-    """Mean over foreground rays of the squared (l2) or absolute (l1) difference of rendered and target normals.
+def normal_loss(
+    pred: Tensor,
+    target: Tensor,
+    fg_mask: Tensor,
+    kind: Literal["l2", "l1", "cauchy"] = "l2",
+    weight: Optional[Tensor] = None,
+    robust_scale: float = 0.1,
+) -> Tensor:
+    """Mean over foreground rays of the squared (l2) or absolute (l1) difference of rendered and target normals,
+    or its Cauchy loss ``c^2 log(1 + |d|^2 / c^2)`` (c = ``robust_scale``, in units of |d| ~ the angle in radians).
 
-    pred, target: [N, 3] in the same (normalised world) frame; fg_mask: [N, 1] (or [N]) 0/1.
+    pred, target: [N, 3] in the same (normalised world) frame; fg_mask: [N, 1] (or [N]) 0/1; weight: optional
+    per-ray confidence [N, 1] (or [N]), the mean then weighted by it.
     """
     m = fg_mask.reshape(-1) > 0.5
     if not bool(m.any()):
         return _zero_like(pred)
     diff = pred[m] - target[m]
-    per_ray = diff.square().sum(-1) if kind == "l2" else diff.abs().sum(-1)
-    return per_ray.mean()
+    if kind == "l1":
+        per_ray = diff.abs().sum(-1)
+    elif kind == "cauchy":
+        c2 = float(robust_scale) ** 2
+        per_ray = c2 * torch.log1p(diff.square().sum(-1) / c2)
+    else:
+        per_ray = diff.square().sum(-1)
+    return _weighted_mean(per_ray, None if weight is None else weight.reshape(-1)[m])
 
 
-def mask_loss(accumulation: Tensor, fg_mask: Tensor, eps: float = 1e-3) -> Tensor:
-    """Binary cross-entropy of accumulated opacity against the silhouette, over all rays (background included)."""
+def _weighted_mean(values: Tensor, weight: Optional[Tensor]) -> Tensor:
+    if weight is None:
+        return values.mean()
+    weight = weight.to(values)
+    return (weight * values).sum() / weight.sum().clamp(min=1e-8)
+
+
+def mask_loss(accumulation: Tensor, fg_mask: Tensor, eps: float = 1e-3, weight: Optional[Tensor] = None) -> Tensor:
+    """Binary cross-entropy of accumulated opacity against the silhouette, over all rays (background included);
+    ``weight`` [N(, 1)] weighs each ray (0 leaves it out)."""
     acc = accumulation.reshape(-1).clamp(eps, 1.0 - eps)
     target = fg_mask.reshape(-1).to(acc.dtype)
     # Written out rather than F.binary_cross_entropy, which raises on a NaN input instead of returning NaN: a
     # diverged step must reach the non-finite guard (skip, count, save and stop) like every other loss term.
-    return -(target * acc.log() + (1.0 - target) * (-acc).log1p()).mean()
+    bce = -(target * acc.log() + (1.0 - target) * (-acc).log1p())
+    return _weighted_mean(bce, None if weight is None else weight.reshape(-1))
+
+
+def grazing_weight(target: Tensor, directions: Tensor, cos_full: float) -> Tensor:
+    """Per-ray confidence ``min(1, cos / cos_full)`` [N, 1] of a target normal seen at ``cos = <n*, -d>`` from its
+    unit ray ``d``: estimated normals are worst at grazing angles, and other views see those points frontally."""
+    cos = -(target * directions).sum(-1, keepdim=True)
+    return (cos / float(cos_full)).clamp(0.0, 1.0)
 
 
 def eikonal_loss(gradients: Tensor) -> Tensor:
