@@ -98,3 +98,19 @@ def test_bad_data_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "dataset folder not found" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_core_set_types_values_and_refuses_unknown_fields() -> None:
+    import pytest
+
+    from pmni_method.train_core import apply_core_settings
+
+    preset = apply_core_settings(
+        core_preset("pmni-fast"), ["normal_loss_type=cauchy", "grazing-cos=0.3", "c2f_start_levels=2", "normalize_gradients=false"]
+    )
+    core = preset.core
+    assert (core.normal_loss_type, core.grazing_cos, core.c2f_start_levels, core.normalize_gradients) == ("cauchy", 0.3, 2, False)
+    assert isinstance(core.c2f_start_levels, int) and core_preset("pmni-fast").core.grazing_cos == 0.0
+    for bad, words in (("no_such=1", "FIELD=VALUE"), ("grazing_cos=x", "takes a float"), ("sampler=1", "nested")):
+        with pytest.raises(ValueError, match=words):
+            apply_core_settings(core_preset("pmni-fast"), [bad])
