@@ -30,8 +30,9 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 	@echo "==> installed"
 
+# The suite trains many small models: jemalloc keeps it well inside CI's 20 minutes; the slowest tests are listed.
 test: install
-	$(PY) -m pytest -q
+	@$(WITH_JEMALLOC) $(PY) -m pytest --durations=15 -q
 
 demo: install
 	@$(WITH_JEMALLOC) $(VENV)/bin/pmni-demo

@@ -57,9 +57,9 @@ def test_without_jemalloc_says_so(tmp_path: Path) -> None:
 
 def test_dry_run_leaves_the_lookup_to_the_shell(tmp_path: Path) -> None:
     venv = _fake_venv(tmp_path)
-    out = _make(tmp_path, "-n", "demo", "bench", f"VENV={venv}")
+    out = _make(tmp_path, "-n", "demo", "bench", "test", f"VENV={venv}")
     lines = [line for line in out.splitlines() if "LD_PRELOAD" in line]
-    assert len(lines) == 3, out  # demo + the two bench runs
+    assert len(lines) == 4, out  # demo + the two bench runs + the test suite
     assert all("$(ls /usr/lib/*-linux-gnu/libjemalloc.so.2" in line for line in lines), out
 
 
