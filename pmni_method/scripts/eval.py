@@ -22,7 +22,8 @@ class EvalConfig:
     mesh: Path
     """Reconstructed mesh in world units (e.g. the output of pmni-export)."""
     data: Path
-    """Dataset folder (cameras_sphere.npz, mask/, normal_world_space_GT/, mesh_Gt.ply)."""
+    """Dataset folder (cameras_sphere.npz, mask/, normal_world_space_GT/, mesh_Gt.ply); its true maps, masks and
+    cameras (normal_world_space_true/, mask_true/, cameras_gt.npz) are scored against when present."""
     threshold: float = 0.5
     """F-score distance threshold in world units (DiLiGenT-MV: mm)."""
     heldout_views: Tuple[int, ...] = ()
