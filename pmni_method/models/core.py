@@ -279,7 +279,8 @@ class PMNICore(nn.Module):
         the same distances along its own direction. The SDF is only evaluated forward, at the ends of each section
         (contiguous sections share them). Per pixel and section the gradient solves, exactly, the 3 x 3 system of
         three directional differences at the section midpoint: along the pixel's own ray (its section ends), and
-        across the patch's rows and columns (central between the two neighbours, one-sided at the patch border),
+        across the patch's rows and columns (central between the two neighbours, second-order one-sided at the
+        patch border: :func:`_difference_stencil`),
         with the displacements between the actual (pose-corrected) points as directions, so they follow whatever
         the rays are. Every pixel composites its own estimates rather than sharing the centre's: its opacity band
         lies at its own points, and a shared normal would give k^2 different targets one prediction (a blur).
@@ -287,8 +288,8 @@ class PMNICore(nn.Module):
         k = int(patch_size)
         q = k * k
         n = origins.shape[0]
-        if k < 2 or n % q:
-            raise ValueError(f"patch rendering needs k >= 2 and a multiple of k^2 rays; got k={k}, {n} rays")
+        if k < 2 or n == 0 or n % q:
+            raise ValueError(f"patch rendering needs k >= 2 and a positive multiple of k^2 rays; got k={k}, {n} rays")
         self._sync_levels()
         num_patches = n // q
         near, far = sphere_near_far(origins, directions, self.config.sampler.sphere_radius)
@@ -485,7 +486,8 @@ def _solve_directional(
     determinant). The directions are far from orthogonal in general (a ray and its neighbours' offsets)."""
     c12, c20, c01 = torch.cross(e1, e2, dim=-1), torch.cross(e2, e0, dim=-1), torch.cross(e0, e1, dim=-1)
     det = (e0 * c12).sum(-1, keepdim=True)
-    # Three distinct rays of a camera are never coplanar with a section along one of them; the floor is for NaNs.
+    # A section along a ray and the offsets to two neighbouring pixels are never coplanar; the floor only keeps a
+    # degenerate input (zero-length section) from dividing by zero.
     det = torch.where(det.abs() < 1e-20, torch.full_like(det, 1e-20), det)
     return (b0[..., None] * c12 + b1[..., None] * c20 + b2[..., None] * c01) / det
 
