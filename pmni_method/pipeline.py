@@ -58,6 +58,11 @@ class PMNIPipeline(VanillaPipeline):
         local_rank: int = 0,
         grad_scaler: Optional[GradScaler] = None,
     ) -> None:
+        core = getattr(config.model, "core", None)
+        if getattr(core, "gradient_method", "analytic") == "patch" and getattr(config.datamanager, "patch_size", 1) == 1:
+            # One switch (--pipeline.model.core.gradient-method patch): patch rendering needs patch batches, so the
+            # datamanager draws the model's patch size unless told another (which the training step then refuses).
+            config.datamanager.patch_size = core.patch_size
         super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
         self.guard: Optional[NonFiniteGuard] = None
         self._steps_per_log = 10

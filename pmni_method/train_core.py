@@ -86,7 +86,9 @@ def build_run(
     )
     torch.manual_seed(seed)
     core = PMNICore(core_config_for(preset.core, data, device)).to(device)
-    store = RayStore(data, device, seed=seed)
+    # Patch rendering differences the rays of a patch: the store must hand out whole patches of the same size.
+    patch = core.config.patch_size if core.config.gradient_method == "patch" else 1
+    store = RayStore(data, device, seed=seed, patch_size=patch)
     pose_model = PoseModel(pose_config, c2w_init=data.c2w, K=data.K, masks=data.masks).to(device)
     uses_mvc = any(stage.mvc > 0 for stage in preset.core.loss_schedule.stages)
     context = StepContext(
@@ -211,6 +213,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--gauge", default=None, choices=["frozen-camera", "mean"], help="default: mean from a ring")
     parser.add_argument("--data-checks", default=None, choices=["error", "warn", "off"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--gradient-method", default="analytic", choices=["analytic", "patch"],
+        help="training SDF gradients: analytic, or patch (SuperNormal: finite differences over k x k pixel patches)",
+    )
+    parser.add_argument("--patch-size", type=int, default=3, help="with --gradient-method patch: pixels per side")
     parser.add_argument("--mesh-resolution", type=int, default=256)
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument(
@@ -277,6 +284,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         preset = with_iterations(preset, args.iterations)
     if args.rays:
         preset.train_num_rays_per_batch = args.rays
+    preset.core.gradient_method = args.gradient_method
+    preset.core.patch_size = args.patch_size
     run = build_run(preset, train, args.device, gauge=args.gauge, seed=args.seed)
     start, skipped, losses = time.perf_counter(), 0, {}
     for step in range(preset.max_num_iterations):

@@ -93,6 +93,9 @@ class PMNIDataManagerConfig(DataManagerConfig):
     """Share of each batch drawn from inside the masks; the rest is uniform over all pixels (background too)."""
     seed: int = 0
     """Seed of the ray sampler."""
+    patch_size: int = 1
+    """Draw training rays as k x k pixel patches of one view (k >= 2; 1: single pixels); the model's core
+    gradient-method patch needs the same patch-size here."""
 
 
 class PMNIDataManager(DataManager):
@@ -126,7 +129,9 @@ class PMNIDataManager(DataManager):
         super().__init__()
 
     def setup_train(self) -> None:
-        self.train_rays = RayStore(self.train_dataset.data, self.device, self.config.fg_fraction, self.config.seed)
+        self.train_rays = RayStore(
+            self.train_dataset.data, self.device, self.config.fg_fraction, self.config.seed, self.config.patch_size
+        )
         # The model reaches the training views through its metadata (this dict): one copy of the normal maps.
         self.train_dataset.metadata["pmni_rays"] = self.train_rays
 

@@ -54,6 +54,9 @@ class RayStore:
     Pose corrections are applied to the drawn rays by the training step (:mod:`pmni_method.models.step`), not
     here. ``fg_fraction`` of each batch is drawn from inside the masks (where the normal loss lives); the rest is
     drawn uniformly over all pixels, so background rays keep the mask loss honest.
+
+    With ``patch_size`` k >= 2, :meth:`sample` draws whole k x k pixel patches of one view instead
+    (:meth:`sample_patches`, for the core's patch rendering); the share inside the masks counts patches.
     """
 
     def __init__(
@@ -62,9 +65,13 @@ class RayStore:
         device: torch.device | str = "cpu",
         fg_fraction: float = 0.5,
         seed: int = 0,
+        patch_size: int = 1,
     ) -> None:
         self.device = torch.device(device)
         self.fg_fraction = float(fg_fraction)
+        self.patch_size = int(patch_size)
+        if self.patch_size > min(data.height, data.width):
+            raise ValueError(f"patch size {self.patch_size} exceeds the {data.width}x{data.height} images")
         self.views = TrainingViews.from_data(data, self.device)
         self.num_views, self.height, self.width = data.num_views, data.height, data.width
         self.K = self.views.K
@@ -113,8 +120,30 @@ class RayStore:
         return out
 
     def sample(self, num_rays: int) -> Dict[str, Tensor]:
-        """A random batch of ``num_rays`` rays with their targets."""
+        """A random batch of ``num_rays`` rays with their targets (whole patches when ``patch_size`` >= 2)."""
+        if self.patch_size > 1:
+            return self.sample_patches(max(1, num_rays // (self.patch_size**2)), self.patch_size)
         return self.rays_for(self._draw(num_rays))
+
+    def patch_indices(self, anchors: Tensor, patch_size: int) -> Tensor:
+        """Flat pixel indices [P * k^2] of the k x k patches around flat anchor pixels [P]: patch-major, row-major
+        inside a patch, the anchor at offset (k - 1) // 2 (the centre for odd k). Anchors too close to an image
+        border are moved inward, so every patch lies in its anchor's view."""
+        k = int(patch_size)
+        hw = self.height * self.width
+        cam = anchors // hw
+        lo = (k - 1) // 2
+        row = ((anchors % hw) // self.width).clamp(lo, self.height - k + lo)
+        col = (anchors % self.width).clamp(lo, self.width - k + lo)
+        off = torch.arange(k, device=anchors.device) - lo
+        rows = row[:, None, None] + off[None, :, None]
+        cols = col[:, None, None] + off[None, None, :]
+        return (cam[:, None, None] * hw + rows * self.width + cols).reshape(-1)
+
+    def sample_patches(self, num_patches: int, patch_size: int) -> Dict[str, Tensor]:
+        """``num_patches`` random k x k patches (k = ``patch_size``), each from one view, as rays with targets
+        (layout of :meth:`patch_indices`); ``fg_fraction`` of the anchors lie inside the masks."""
+        return self.rays_for(self.patch_indices(self._draw(num_patches), patch_size))
 
     def image_indices(self, view: int) -> Tensor:
         """Flat indices of every pixel of one view, row-major (for rendering whole images)."""

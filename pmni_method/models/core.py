@@ -91,6 +91,12 @@ class PMNICoreConfig:
     """Per-ray compositing: nerfacc on CUDA ("auto") or pure torch."""
     background_shade: float = 0.0
     """Grey level behind the object in the shaded ``rgb`` output."""
+    gradient_method: Literal["analytic", "patch"] = "analytic"
+    """Training-ray SDF gradients: analytic (every ray marched, exact gradient, double backward) or patch
+    (SuperNormal: one marching per k x k pixel patch, gradients from directional finite differences across the
+    patch's own rays; the ray store must then draw patches of ``patch_size``). Image renders stay analytic."""
+    patch_size: int = 3
+    """Pixels per side of a patch (at least 2) with gradient_method patch."""
 
 
 class PMNICore(nn.Module):
@@ -177,8 +183,13 @@ class PMNICore(nn.Module):
         directions_norm: Optional[Tensor] = None,
         nears: Optional[Tensor] = None,
         fars: Optional[Tensor] = None,
+        patch_size: int = 0,
     ) -> Dict[str, Any]:
         """Render unit-direction rays [N, 3] in the normalised frame.
+
+        With ``patch_size`` k >= 2 the rays are N / k^2 patches of k x k pixels of one camera each (patch-major,
+        row-major inside a patch, as :meth:`RayStore.sample_patches` draws them) and render through
+        :meth:`render_patches`; the outputs are the same.
 
         Returns per-ray tensors ``normal`` [N, 3] (composited SDF gradients, normalised world frame),
         ``accumulation`` [N, 1], ``depth`` [N, 1] (expected distance along the ray, 0 where nothing was hit),
@@ -186,6 +197,8 @@ class PMNICore(nn.Module):
         ``normal_vis`` [N, 3] (normals mapped to [0, 1]), and ``samples`` (a dict, per-sample tensors for losses).
         Gradients of the SDF are computed even under ``torch.no_grad()``.
         """
+        if patch_size and patch_size > 1:
+            return self.render_patches(origins, directions, patch_size, directions_norm, nears, fars)
         self._sync_levels()
         create_graph = torch.is_grad_enabled()
         n = origins.shape[0]
@@ -210,8 +223,31 @@ class PMNICore(nn.Module):
             ray_idx, t_starts, t_ends = ray_idx[keep], t_starts[keep], t_ends[keep]
             t_mid, dirs, points = t_mid[keep], dirs[keep], points[keep]
         sdf, grad = self.field.sdf_and_gradient(points, create_graph=create_graph)
+        outputs = self._composite(sdf, grad, dirs, t_mid, t_ends - t_starts, ray_idx, n, empty, directions_norm)
+        if not self.training:
+            outputs.update(self._surface_normals(origins, directions, sdf[:, 0].detach(), t_mid, ray_idx, n, empty))
+        if self.training and create_graph and self.config.eikonal_random_points > 0:
+            pts = self._random_points_in_sphere(self.config.eikonal_random_points, origins.device)
+            _, grad_rand = self.field.sdf_and_gradient(pts, create_graph=True)
+            outputs["samples"]["random_gradients"] = grad_rand
+        return outputs
+
+    def _composite(
+        self,
+        sdf: Tensor,
+        grad: Tensor,
+        dirs: Tensor,
+        t_mid: Tensor,
+        dists: Tensor,
+        ray_idx: Tensor,
+        n: int,
+        empty: bool,
+        directions_norm: Optional[Tensor],
+    ) -> Dict[str, Any]:
+        """NeuS opacity of packed samples (SDF [S, 1] and gradient [S, 3] at the section midpoints) and the per-ray
+        outputs of :meth:`render`; shared by the analytic and the patch path so that both feed the same losses."""
         inv_s = self.inv_s()
-        alpha = neus_alpha(sdf[:, 0], grad, dirs, t_ends - t_starts, inv_s, self.cos_anneal_ratio())
+        alpha = neus_alpha(sdf[:, 0], grad, dirs, dists, inv_s, self.cos_anneal_ratio())
         if empty:
             alpha = alpha * 0.0
         weights, _ = render_weights(alpha, ray_idx, n, backend=self.config.compositing_backend)
@@ -235,11 +271,99 @@ class PMNICore(nn.Module):
             "num_samples": torch.bincount(ray_idx, minlength=n)[:, None].to(depth.dtype) * (0.0 if empty else 1.0),
             "samples": {"gradients": grad, "sdf": sdf, "ray_indices": ray_idx, "weights": weights},
         }
-        if not self.training:
-            outputs.update(self._surface_normals(origins, directions, sdf[:, 0].detach(), t_mid, ray_idx, n, empty))
-        if self.training and create_graph and self.config.eikonal_random_points > 0:
-            pts = self._random_points_in_sphere(self.config.eikonal_random_points, origins.device)
-            _, grad_rand = self.field.sdf_and_gradient(pts, create_graph=True)
+        return outputs
+
+    def render_patches(
+        self,
+        origins: Tensor,
+        directions: Tensor,
+        patch_size: int,
+        directions_norm: Optional[Tensor] = None,
+        nears: Optional[Tensor] = None,
+        fars: Optional[Tensor] = None,
+    ) -> Dict[str, Any]:
+        """SuperNormal's patch rendering: the :meth:`render` outputs of N / k^2 patches of k x k rays.
+
+        Each patch is marched once (:meth:`OccupancyGrid.march_patches`) and every ray of the patch takes samples at
+        the same distances along its own direction. The SDF is only evaluated forward, at the ends of each section
+        (contiguous sections share them). Per pixel and section the gradient solves, exactly, the 3 x 3 system of
+        three directional differences at the section midpoint: along the pixel's own ray (its section ends), and
+        across the patch's rows and columns (central between the two neighbours, second-order one-sided at the
+        patch border: :func:`_difference_stencil`),
+        with the displacements between the actual (pose-corrected) points as directions, so they follow whatever
+        the rays are. Every pixel composites its own estimates rather than sharing the centre's: its opacity band
+        lies at its own points, and a shared normal would give k^2 different targets one prediction (a blur).
+        """
+        k = int(patch_size)
+        q = k * k
+        n = origins.shape[0]
+        if k < 2 or n == 0 or n % q:
+            raise ValueError(f"patch rendering needs k >= 2 and a positive multiple of k^2 rays; got k={k}, {n} rays")
+        self._sync_levels()
+        num_patches = n // q
+        near, far = sphere_near_far(origins, directions, self.config.sampler.sphere_radius)
+        if nears is not None:
+            near = torch.maximum(near, nears.reshape(-1))
+        if fars is not None:
+            far = torch.minimum(far, fars.reshape(-1))
+        step = self.step_size()
+        o = origins.view(num_patches, q, 3)
+        d = directions.view(num_patches, q, 3)
+        patch_idx, t_starts, t_ends = self.grid.march_patches(
+            o, d, near.view(num_patches, q), far.view(num_patches, q), step, stratified=self.training
+        )
+        # A sliver cut off by the far plane has next to no opacity, and its along-ray difference is all rounding.
+        keep = (t_ends - t_starts) > 0.05 * step
+        patch_idx, t_starts, t_ends = patch_idx[keep], t_starts[keep], t_ends[keep]
+        empty = patch_idx.numel() == 0
+        if empty and n > 0:
+            patch_idx = torch.zeros(1, dtype=torch.long, device=origins.device)
+            t_starts = near[:1].detach().clone()
+            t_ends = t_starts + step
+        num = patch_idx.numel()
+        # Section ends as nodes: a section continuing the previous one of its patch reuses that one's end.
+        cont = torch.zeros(num, dtype=torch.bool, device=origins.device)
+        if num > 1:
+            cont[1:] = (patch_idx[1:] == patch_idx[:-1]) & ((t_starts[1:] - t_ends[:-1]).abs() <= 1e-4 * step)
+        end_node = torch.cumsum(1 + (~cont).long(), 0) - 1
+        start_node = end_node - 1
+        num_nodes = int(end_node[-1].item()) + 1
+        t_node = t_ends.new_zeros(num_nodes)
+        t_node[end_node] = t_ends
+        t_node[start_node[~cont]] = t_starts[~cont]
+        node_patch = torch.zeros(num_nodes, dtype=torch.long, device=origins.device)
+        node_patch[end_node] = patch_idx
+        node_patch[start_node] = patch_idx
+        pts = o[node_patch] + d[node_patch] * t_node[:, None, None]  # [M, Q, 3]
+        f = self.field.sdf(pts.reshape(-1, 3)).view(num_nodes, k, k)
+        x = pts.view(num_nodes, k, k, 3)
+        f_s, f_e = f[start_node], f[end_node]  # [S, k, k]
+        x_s, x_e = x[start_node], x[end_node]
+        f_m, x_m = 0.5 * (f_s + f_e), 0.5 * (x_s + x_e)
+        D = _difference_stencil(k, x_m)
+        e_ray, df_ray = x_e - x_s, f_e - f_s
+        e_u, df_u = torch.einsum("sajc,ij->saic", x_m, D), torch.einsum("saj,ij->sai", f_m, D)
+        e_v, df_v = torch.einsum("sjac,ij->siac", x_m, D), torch.einsum("sja,ij->sia", f_m, D)
+        grad = _solve_directional(e_ray, e_u, e_v, df_ray, df_u, df_v).reshape(num, q, 3)
+        # Packed layout of the per-pixel samples: ray-major (stable sort keeps each ray's distances ascending).
+        pix = torch.arange(q, device=origins.device)
+        ray_flat = (patch_idx[:, None] * q + pix[None, :]).reshape(-1)
+        order = torch.sort(ray_flat, stable=True).indices
+        sample_of = order // q
+        ray_idx = ray_flat[order]
+        grad = grad.reshape(-1, 3)[order]
+        sdf = f_m.reshape(-1)[order][:, None]
+        t_mid = (0.5 * (t_starts + t_ends))[sample_of]
+        dists = (t_ends - t_starts)[sample_of]
+        dirs = directions[ray_idx]
+        outputs = self._composite(sdf, grad, dirs, t_mid, dists, ray_idx, n, empty, directions_norm)
+        nodes = torch.bincount(node_patch, minlength=num_patches).repeat_interleave(q)
+        outputs["num_sdf_points"] = nodes[:, None].to(t_mid.dtype) * (0.0 if empty else 1.0)
+        outputs["samples"]["t_mid"] = t_mid
+        if self.training and torch.is_grad_enabled() and self.config.eikonal_random_points > 0:
+            pts_rand = self._random_points_in_sphere(self.config.eikonal_random_points, origins.device)
+            # Forward-only like the rest of the patch path.
+            _, grad_rand = self.field.sdf_and_gradient(pts_rand, method="finite_difference")
             outputs["samples"]["random_gradients"] = grad_rand
         return outputs
 
@@ -355,6 +479,36 @@ class PMNICore(nn.Module):
             "sdf_mlp": list(self.field.layers.parameters()),
             "variance": [self.variance],
         }
+
+
+def _difference_stencil(k: int, like: Tensor) -> Tensor:
+    """[k, k] weights (row i: pixel i) of a first difference along one patch axis: central inside, and at the
+    patch border the second-order one-sided (-3, 4, -1) when k >= 3 (a plain one-sided difference is only first
+    order, about 1 degree off on a sphere at our pixel spacing), (-1, 1) when k = 2. Applied to the points and to
+    their SDF alike, so only the stencil's shape matters, not its scale."""
+    D = torch.zeros(k, k, dtype=like.dtype, device=like.device)
+    if k == 2:
+        D[:, 0], D[:, 1] = -1.0, 1.0
+        return D
+    for i in range(1, k - 1):
+        D[i, i - 1], D[i, i + 1] = -1.0, 1.0
+    D[0, :3] = torch.tensor([-3.0, 4.0, -1.0])
+    D[k - 1, k - 3 :] = torch.tensor([1.0, -4.0, 3.0])
+    return D
+
+
+def _solve_directional(
+    e0: Tensor, e1: Tensor, e2: Tensor, b0: Tensor, b1: Tensor, b2: Tensor
+) -> Tensor:
+    """The g [..., 3] with ``<e_i, g> = b_i`` for three displacements e_i [..., 3] and SDF differences b_i [...]
+    (Cramer's rule: the inverse of the matrix with rows e_i has columns e1 x e2, e2 x e0, e0 x e1 over its
+    determinant). The directions are far from orthogonal in general (a ray and its neighbours' offsets)."""
+    c12, c20, c01 = torch.cross(e1, e2, dim=-1), torch.cross(e2, e0, dim=-1), torch.cross(e0, e1, dim=-1)
+    det = (e0 * c12).sum(-1, keepdim=True)
+    # A section along a ray and the offsets to two neighbouring pixels are never coplanar; the floor only keeps a
+    # degenerate input (zero-length section) from dividing by zero.
+    det = torch.where(det.abs() < 1e-20, torch.full_like(det, 1e-20), det)
+    return (b0[..., None] * c12 + b1[..., None] * c20 + b2[..., None] * c01) / det
 
 
 def normal_angular_error_deg(pred: Tensor, target: Tensor) -> Tensor:

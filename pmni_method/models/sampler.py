@@ -277,6 +277,83 @@ class OccupancyGrid(nn.Module):
             local, t_starts, t_ends = local[order], t_starts[order], t_ends[order]
         return rays[local], t_starts, t_ends
 
+    @torch.no_grad()
+    def march_patches(
+        self,
+        origins: Tensor,
+        directions: Tensor,
+        near: Tensor,
+        far: Tensor,
+        step_size: float,
+        stratified: bool,
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """One shared set of distances per patch of rays: ``(patch_indices, t_starts, t_ends)`` [S], sorted by patch
+        then distance, for rays given as ``origins`` / ``directions`` [P, Q, 3] and ``near`` / ``far`` [P, Q].
+
+        A step is kept where the midpoint of *any* of the patch's rays (inside its own near/far) lies in an occupied
+        cell, between the earliest near and the latest far of the patch, and the interior cut happens only once every
+        ray of the patch has entered an interior cell. Marching the centre ray alone would leave the neighbours of a
+        centre that just misses the object (the silhouette) without samples, so the mask loss there would see empty
+        space where the object is. Pure torch on every device: nerfacc's marcher has no union-of-rays rule.
+
+        The interior test reuses the marching points (step midpoints) instead of :meth:`first_interior`'s
+        half-cell probes: on CPU those probes cost as much as the marching itself.
+        """
+        device = origins.device
+        num_patches, q = origins.shape[:2]
+        hit = far > near  # [P, Q]
+        big = torch.finfo(near.dtype).max
+        n0 = torch.where(hit, near, torch.full_like(near, big)).min(dim=1).values
+        f0 = torch.where(hit, far, torch.full_like(far, -big)).max(dim=1).values
+        live = hit.any(dim=1)
+        if not bool(live.any()):
+            empty = torch.zeros(0, device=device)
+            return torch.zeros(0, dtype=torch.long, device=device), empty, empty
+        patches = torch.nonzero(live).squeeze(-1)
+        o, d = origins[patches], directions[patches]
+        rn, rf = near[patches], far[patches]
+        n0, f0 = n0[patches], f0[patches]
+        if stratified:
+            # One offset per patch: the patch's rays must keep sharing their distances.
+            n0 = n0 + torch.rand_like(n0) * step_size
+        max_steps = int(math.ceil(float((f0 - n0).max().item()) / step_size)) + 1
+        block = max(1, min(max_steps, 262144 // max(len(patches) * q, 1) + 1))
+        cut = self.config.terminate_inside and bool(self.interior.any())
+        t_in = torch.full((len(patches), q), float("inf"), device=device, dtype=origins.dtype)
+        idx_parts, ts_parts, te_parts = [], [], []
+        for k0 in range(0, max_steps, block):
+            k = torch.arange(k0, min(k0 + block, max_steps), device=device, dtype=origins.dtype)
+            ts = n0[:, None] + k[None, :] * step_size  # [P', B]
+            te = torch.minimum(ts + step_size, f0[:, None])
+            valid = ts < f0[:, None]
+            if not bool(valid.any()):
+                break
+            mid = 0.5 * (ts + te)
+            pts = o[:, None, :, :] + mid[:, :, None, None] * d[:, None, :, :]  # [P', B, Q, 3]
+            within = (mid[:, :, None] >= rn[:, None, :]) & (mid[:, :, None] <= rf[:, None, :])
+            flat = pts.reshape(-1, 3)
+            occ = self.occupied(flat).view(within.shape) & within
+            valid &= occ.any(dim=-1)
+            if cut:
+                deep = self.in_interior(flat).view(within.shape) & within
+                t_deep = torch.where(deep, mid[:, :, None], torch.full_like(deep, float("inf"), dtype=mid.dtype))
+                t_in = torch.minimum(t_in, t_deep.min(dim=1).values)
+            r, c = torch.nonzero(valid, as_tuple=True)
+            idx_parts.append(r)
+            ts_parts.append(ts[r, c])
+            te_parts.append(te[r, c])
+        local = torch.cat(idx_parts)
+        t_starts, t_ends = torch.cat(ts_parts), torch.cat(te_parts)
+        if len(idx_parts) > 1:
+            order = torch.sort(local, stable=True).indices
+            local, t_starts, t_ends = local[order], t_starts[order], t_ends[order]
+        if cut and local.numel():
+            # A ray that misses the sphere never enters: it must not keep the patch open.
+            t_in = torch.where(hit[patches], t_in, torch.full_like(t_in, -float("inf")))
+            keep = t_starts < t_in.max(dim=1).values[local]
+            local, t_starts, t_ends = local[keep], t_starts[keep], t_ends[keep]
+        return patches[local], t_starts, t_ends
+
     def _march_nerfacc(
         self, origins: Tensor, directions: Tensor, near: Tensor, far: Tensor, step_size: float, stratified: bool
     ) -> Tuple[Tensor, Tensor, Tensor]:

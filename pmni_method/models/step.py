@@ -57,13 +57,20 @@ def render_rays(core: PMNICore, rays: Dict[str, Tensor], context: Optional[StepC
     ``nears`` / ``fars`` [N], and ``camera_indices`` [N] (training cameras; without them the rays render as given).
     The outputs carry ``train_rays`` (not a tensor, so image renders skip it): the rays as rendered, their cameras
     and each ray's correction rotation [N, 3, 3] (None when the poses do not move).
+
+    With the core's ``gradient_method`` "patch", training rays render as patches (:func:`patch_size_of`).
     """
     origins, directions = rays["origins"], rays["directions"]
     cams = rays.get("camera_indices")
     rotation: Optional[Tensor] = None
     if context is not None and context.refining and cams is not None:
+        # Every pixel of a patch is corrected, not only its centre: the finite-difference directions are the
+        # differences of these rays, so they follow the current poses and carry gradients to them.
         origins, directions, rotation = context.poses.correct_rays(origins, directions, cams.reshape(-1))
-    outputs = core.render(origins, directions, rays.get("directions_norm"), rays.get("nears"), rays.get("fars"))
+    outputs = core.render(
+        origins, directions, rays.get("directions_norm"), rays.get("nears"), rays.get("fars"),
+        patch_size=patch_size_of(core, rays),
+    )
     if cams is not None:
         outputs["train_rays"] = {
             "origins": origins,
@@ -72,6 +79,26 @@ def render_rays(core: PMNICore, rays: Dict[str, Tensor], context: Optional[StepC
             "rotation": rotation,
         }
     return outputs
+
+
+def patch_size_of(core: PMNICore, rays: Dict[str, Tensor]) -> int:
+    """The patch size training rays render with: the core's ``patch_size`` for training batches (rays with
+    ``camera_indices``, in training mode) under ``gradient_method`` "patch", else 0 (every ray on its own).
+
+    Raises ``ValueError`` when such a batch is not made of whole one-view patches (a ray store without
+    ``patch_size``), instead of letting unrelated rays difference each other."""
+    cams = rays.get("camera_indices")
+    if core.config.gradient_method != "patch" or not core.training or cams is None:
+        return 0
+    k = int(core.config.patch_size)
+    q = k * k
+    cams = cams.reshape(-1)
+    if k < 2 or cams.numel() % q or not bool((cams.view(-1, q) == cams.view(-1, q)[:, :1]).all()):
+        raise ValueError(
+            f"gradient_method patch needs batches of whole {k}x{k} one-view patches: give the ray store "
+            f"(datamanager patch_size, train_core --patch-size) the same patch size as the model"
+        )
+    return k
 
 
 def step_losses(
