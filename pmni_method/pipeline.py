@@ -64,6 +64,10 @@ class PMNIPipeline(VanillaPipeline):
             # datamanager draws the model's patch size unless told another (which the training step then refuses).
             config.datamanager.patch_size = core.patch_size
         super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
+        if core is not None and hasattr(self.datamanager, "run_length"):
+            # The resolution schedule's fractions are of the run length the model's schedules use (the trainer
+            # scaled them to max_num_iterations before the pipeline was built; a resume keeps the full length).
+            self.datamanager.run_length = int(self.model.core.total_steps)
         self.guard: Optional[NonFiniteGuard] = None
         self._steps_per_log = 10
         self._last_losses: Dict[str, Tensor] = {}

@@ -28,6 +28,7 @@ from pmni_method.atomic import atomic_write, write_json_atomic
 from pmni_method.poses.maths import pose_errors
 from pmni_method.poses.starts import PoseInitConfig
 from pmni_method.data.diligent_mv import load_diligent_mv, split_indices
+from pmni_method.data.pyramid import ResolutionPyramid, ResolutionScheduleConfig
 from pmni_method.data.raystore import RayStore
 from pmni_method.data.types import MultiViewNormalData
 from pmni_method.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, PMNIDataError, print_error
@@ -57,13 +58,20 @@ class CoreRun:
     core: PMNICore
     """The reconstruction model."""
     store: RayStore
-    """The training views and their rays (the one copy of the normal maps)."""
+    """The training views and their rays at the loaded resolution (the one copy of the normal maps)."""
     context: StepContext
     """Poses and consistency views of the training step."""
     optimizer: torch.optim.Optimizer
     """Adam over every parameter group."""
     scheduler: torch.optim.lr_scheduler.LambdaLR
     """Warm-up + cosine per group (the poses have their own)."""
+    rays: ResolutionPyramid
+    """What each step draws its batch from: the resolution schedule's levels (``store`` is the finest; one level
+    when the schedule is off)."""
+
+    def batch(self, step: int) -> Dict[str, torch.Tensor]:
+        """The training batch of ``step``: from the level and with the ray count the resolution schedule gives."""
+        return self.rays.sample(self.preset.train_num_rays_per_batch, step, self.core.total_steps)
 
 
 def build_run(
@@ -74,10 +82,13 @@ def build_run(
     refine_poses: Optional[bool] = None,
     gauge: Optional[str] = None,
     seed: int = 0,
+    resolution_schedule: Optional[ResolutionScheduleConfig] = None,
 ) -> CoreRun:
     """Core, ray store, pose model and optimiser for ``data``; pose refinement on for any start but ``gt`` (or as
     ``refine_poses`` says), decided by the same one switch as ``ns-train`` (:func:`presets.pose_settings`).
-    ``pose_init`` defaults to the start the data was loaded with."""
+    ``pose_init`` defaults to the start the data was loaded with. ``resolution_schedule`` trains coarse to fine
+    over downscaled copies of ``data`` (:mod:`pmni_method.data.pyramid`); the poses, the consistency term and the
+    initial sphere always use ``data`` as given."""
     mode = "auto" if refine_poses is None else ("SE3" if refine_poses else "off")
     pose_config, preset.core.loss_schedule = pose_settings(
         PoseModelConfig(mode=mode, gauge=gauge or "auto", recentre_on_masks=None),
@@ -88,7 +99,8 @@ def build_run(
     core = PMNICore(core_config_for(preset.core, data, device)).to(device)
     # Patch rendering differences the rays of a patch: the store must hand out whole patches of the same size.
     patch = core.config.patch_size if core.config.gradient_method == "patch" else 1
-    store = RayStore(data, device, seed=seed, patch_size=patch)
+    pyramid = ResolutionPyramid(data, resolution_schedule or ResolutionScheduleConfig(), device, seed=seed, patch_size=patch)
+    store = pyramid.finest
     pose_model = PoseModel(pose_config, c2w_init=data.c2w, K=data.K, masks=data.masks).to(device)
     uses_mvc = any(stage.mvc > 0 for stage in preset.core.loss_schedule.stages)
     context = StepContext(
@@ -107,7 +119,7 @@ def build_run(
         (preset.pose_lr_schedule if name == "camera_opt" else preset.lr_schedule).factor for name in groups
     ]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
-    return CoreRun(preset, core, store, context, optimizer, scheduler)
+    return CoreRun(preset, core, store, context, optimizer, scheduler, pyramid)
 
 
 def optimise(run: CoreRun, step: int, log: Optional[Callable[[str], None]] = None, log_every: int = 0) -> Dict[str, float]:
@@ -116,7 +128,7 @@ def optimise(run: CoreRun, step: int, log: Optional[Callable[[str], None]] = Non
     core = run.core
     core.train()
     core.before_train_step(step)
-    batch = run.store.sample(run.preset.train_num_rays_per_batch)
+    batch = run.batch(step)
     result = train_step(core, batch, run.context)
     total = sum(result.losses.values())
     losses = {k: float(v.detach()) for k, v in result.losses.items()}
@@ -200,7 +212,23 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--preset", default="pmni-fast", choices=["pmni", "pmni-fast"])
     parser.add_argument("--iterations", type=int, default=0, help="run length (0: the preset's); every schedule follows")
     parser.add_argument("--rays", type=int, default=0, help="rays per batch (0: the preset's)")
-    parser.add_argument("--downscale-factor", type=int, default=1)
+    parser.add_argument("--downscale-factor", type=int, default=1, help="load the images block-averaged by this")
+    parser.add_argument(
+        "--resolution-schedule", type=int, nargs="*", default=[], metavar="FACTOR",
+        help="train coarse to fine: downscale factors of the loaded images, ending at 1 (e.g. 4 2 1); default off",
+    )
+    parser.add_argument(
+        "--switch-at", type=float, nargs="*", default=[], metavar="FRACTION",
+        help="with --resolution-schedule: run fractions where each next level starts (e.g. 0.3 0.6)",
+    )
+    parser.add_argument(
+        "--rays-follow-pixels", type=float, default=ResolutionScheduleConfig.rays_follow_pixels,
+        help="with --resolution-schedule: a level's rays = --rays x (its pixels / loaded pixels) ** this",
+    )
+    parser.add_argument(
+        "--min-rays-per-batch", type=int, default=ResolutionScheduleConfig.min_rays_per_batch,
+        help="with --resolution-schedule: floor of a coarse level's rays per batch",
+    )
     parser.add_argument("--exclude-views", type=int, nargs="*", default=[], help="view ids held out of training")
     parser.add_argument("--normal-dir", default="auto", help="auto: world-space maps if calibrated, else camera-space")
     parser.add_argument("--pose-init", default="gt", choices=["gt", "noisy", "ring", "file"])
@@ -259,6 +287,16 @@ def apply_core_settings(preset: CorePreset, settings: Sequence[str]) -> CorePres
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    schedule = ResolutionScheduleConfig(
+        factors=tuple(args.resolution_schedule), switch_at=tuple(args.switch_at),
+        rays_follow_pixels=args.rays_follow_pixels, min_rays_per_batch=args.min_rays_per_batch,
+    )
+    try:
+        schedule.validate()
+    except ValueError as err:
+        # Before loading: a typo in the schedule should not wait for the dataset.
+        print_error(f"error: {err}", prog=PROG, stderr=True)
+        return EXIT_BAD_INPUT
     pose_init = PoseInitConfig(
         pose_init=args.pose_init, poses_file=args.poses_file, pose_noise_seed=args.pose_noise_seed,
         ring_radius=args.ring_radius, ring_elevation_deg=tuple(args.ring_elevation_deg), ring_reverse=args.ring_reverse,
@@ -286,7 +324,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         preset.train_num_rays_per_batch = args.rays
     preset.core.gradient_method = args.gradient_method
     preset.core.patch_size = args.patch_size
-    run = build_run(preset, train, args.device, gauge=args.gauge, seed=args.seed)
+    try:
+        run = build_run(preset, train, args.device, gauge=args.gauge, seed=args.seed, resolution_schedule=schedule)
+    except PMNIDataError as err:
+        # A schedule level can be too coarse for the data (masks that vanish when averaged).
+        print_error(f"error: {err}", prog=PROG, stderr=True)
+        return EXIT_BAD_INPUT
+    if schedule.enabled:
+        print(run.rays.describe(preset.train_num_rays_per_batch, run.core.total_steps), flush=True)
     start, skipped, losses = time.perf_counter(), 0, {}
     for step in range(preset.max_num_iterations):
         losses = optimise(run, step, log=lambda line: print(line, flush=True), log_every=args.log_every)
@@ -301,6 +346,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "device": str(args.device),
         "pose_init": args.pose_init,
         "downscale": args.downscale_factor,
+        "resolution_schedule": dataclasses.asdict(schedule) if schedule.enabled else None,
         "heldout_views": list(args.exclude_views),
         "final_losses": losses,
     }

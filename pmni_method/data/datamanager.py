@@ -17,8 +17,10 @@ from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
 from nerfstudio.data.datasets.base_dataset import InputDataset
 from torch.nn import Parameter
 
+from pmni_method.data.pyramid import ResolutionPyramid, ResolutionScheduleConfig
 from pmni_method.data.raystore import RayStore
 from pmni_method.data.types import MultiViewNormalData
+from pmni_method.errors import PMNIDataError, exit_with_error
 
 
 def shade_normals(normals: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -96,6 +98,9 @@ class PMNIDataManagerConfig(DataManagerConfig):
     patch_size: int = 1
     """Draw training rays as k x k pixel patches of one view (k >= 2; 1: single pixels); the model's core
     gradient-method patch needs the same patch-size here."""
+    resolution_schedule: ResolutionScheduleConfig = field(default_factory=ResolutionScheduleConfig)
+    """Coarse-to-fine training over downscaled copies of the loaded views (off by default); train-num-rays-per-batch
+    is the count at the loaded resolution."""
 
 
 class PMNIDataManager(DataManager):
@@ -129,9 +134,25 @@ class PMNIDataManager(DataManager):
         super().__init__()
 
     def setup_train(self) -> None:
-        self.train_rays = RayStore(
-            self.train_dataset.data, self.device, self.config.fg_fraction, self.config.seed, self.config.patch_size
-        )
+        # getattr: config.yml files written before the schedule existed load without the field.
+        schedule = getattr(self.config, "resolution_schedule", None) or ResolutionScheduleConfig()
+        try:
+            schedule.validate()
+        except ValueError as err:
+            exit_with_error(str(err))
+        try:
+            self.train_pyramid = ResolutionPyramid(
+                self.train_dataset.data, schedule, self.device, self.config.fg_fraction, self.config.seed,
+                self.config.patch_size,
+            )
+        except PMNIDataError as err:
+            # A level too coarse for the data (masks that vanish when averaged): one line, as for bad data.
+            exit_with_error(str(err))
+        # The finest level; its generator is the pyramid's one stream, which checkpoints save as train_rays'.
+        self.train_rays = self.train_pyramid.finest
+        # The schedule's fractions are of the whole run; the datamanager cannot know its length, the pipeline sets it.
+        self.run_length: int = 0
+        self._train_rays_now = self.config.train_num_rays_per_batch
         # The model reaches the training views through its metadata (this dict): one copy of the normal maps.
         self.train_dataset.metadata["pmni_rays"] = self.train_rays
 
@@ -155,8 +176,13 @@ class PMNIDataManager(DataManager):
 
     def next_train(self, step: int) -> Tuple[RayBundle, Dict]:
         self.train_count += 1
-        rays = self.train_rays.sample(self.config.train_num_rays_per_batch)
-        return self._to_ray_bundle(rays, self.train_rays.K)
+        pyramid, num_rays = self.train_pyramid, self.config.train_num_rays_per_batch
+        if pyramid.enabled and self.run_length < 1:
+            raise RuntimeError("the resolution schedule needs the run length: set the datamanager's run_length")
+        store = pyramid.store_at(step, self.run_length)
+        self._train_rays_now = pyramid.rays_at(num_rays, step, self.run_length)
+        rays = pyramid.sample(num_rays, step, self.run_length)
+        return self._to_ray_bundle(rays, store.K)
 
     def next_eval(self, step: int) -> Tuple[RayBundle, Dict]:
         self.eval_count += 1
@@ -167,7 +193,8 @@ class PMNIDataManager(DataManager):
         return self.fixed_indices_eval_dataloader.get(self.eval_rng.randrange(len(self.eval_dataset)))
 
     def get_train_rays_per_batch(self) -> int:
-        return self.config.train_num_rays_per_batch
+        # nerfstudio's rays/s counts the last batch, which a resolution schedule makes smaller early on.
+        return int(getattr(self, "_train_rays_now", self.config.train_num_rays_per_batch))
 
     def get_eval_rays_per_batch(self) -> int:
         return self.config.eval_num_rays_per_batch

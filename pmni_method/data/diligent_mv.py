@@ -23,6 +23,7 @@ Nothing here imports nerfstudio or torch: the core runs without them.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Literal, Optional, Sequence, Tuple
@@ -370,6 +371,26 @@ def _downscale(
     if empty:
         raise _error(data_dir, f"downscale factor {factor} leaves empty masks in views {format_views(empty)}")
     return normals, masks, depths, cameras.downscale_intrinsics(K, factor)
+
+
+def downscale_data(data: MultiViewNormalData, factor: int) -> MultiViewNormalData:
+    """``data`` block-averaged by an integer ``factor`` exactly as :func:`load_diligent_mv` downscales what it reads
+    (bottom / right crop to a multiple, then :func:`downscale_views` and :func:`cameras.downscale_intrinsics`);
+    poses, view ids and everything else are shared. ``factor`` 1 returns ``data`` itself."""
+    if not isinstance(factor, (int, np.integer)) or factor < 1:
+        raise _error(data.data_dir, f"downscale factor must be a positive integer, not {factor!r}")
+    if factor == 1:
+        return data
+    normals, masks, depths, K = _downscale(
+        data.data_dir, data.view_ids, data.normals, data.masks, data.depths, data.K, int(factor)
+    )
+    return dataclasses.replace(
+        data,
+        K=K,
+        normals=normals.astype(np.float32),
+        masks=masks,
+        depths=None if depths is None else depths.astype(np.float32),
+    )
 
 
 def split_indices(view_ids: Sequence[int], exclude_views: Iterable[int], split: str) -> List[int]:
