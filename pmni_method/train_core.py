@@ -99,7 +99,8 @@ def build_run(
     core = PMNICore(core_config_for(preset.core, data, device)).to(device)
     # Patch rendering differences the rays of a patch: the store must hand out whole patches of the same size.
     patch = core.config.patch_size if core.config.gradient_method == "patch" else 1
-    pyramid = ResolutionPyramid(data, resolution_schedule or ResolutionScheduleConfig(), device, seed=seed, patch_size=patch)
+    schedule = resolution_schedule or ResolutionScheduleConfig()
+    pyramid = ResolutionPyramid(data, schedule, device, seed=seed, patch_size=patch)
     store = pyramid.finest
     pose_model = PoseModel(pose_config, c2w_init=data.c2w, K=data.K, masks=data.masks).to(device)
     uses_mvc = any(stage.mvc > 0 for stage in preset.core.loss_schedule.stages)

@@ -40,9 +40,11 @@ def test_levels_switch_at_the_configured_fractions(bunny) -> None:
         assert pyramid.store_at(step, 100) is store
         rows, cols = batch["indices"][:, 1], batch["indices"][:, 2]
         assert int(rows.max()) < store.height and int(cols.max()) < store.width
+        cams = batch["indices"][:, 0]
+        assert torch.equal(batch["normal"], store.views.normals[cams, rows, cols])  # that level's targets
         if level < 2:
-            # Coarse pixel coordinates never reach the finer level's extent.
-            assert int(rows.max()) < pyramid.levels[level + 1].height // 2 + 1
+            finer = pyramid.levels[level + 1].views.normals[cams, rows, cols]
+            assert not torch.equal(batch["normal"], finer)
 
 
 def test_ray_counts_follow_the_pixel_count_and_the_floor(bunny) -> None:
@@ -115,22 +117,25 @@ def test_rng_state_round_trip_continues_the_level_and_draws(bunny) -> None:
 
 
 @pytest.mark.parametrize(
-    "factors, switch_at, words",
+    "settings, words",
     [
-        ((4, 2, 1), (0.5,), "3 factors need 2 switch_at fractions"),
-        ((4, 2, 1), (0.6, 0.3), "strictly increasing"),
-        ((4, 2, 1), (0.3, 1.0), "strictly increasing fractions in (0, 1)"),
-        ((3, 2, 1), (0.3, 0.6), "each a multiple of the next (3 then 2)"),
-        ((2, 4, 1), (0.3, 0.6), "coarse to fine"),
-        ((4, 2), (0.5,), "must end at 1"),
-        ((4, 0, 1), (0.3, 0.6), "positive integers"),
-        ((), (0.5,), "without factors"),
+        (dict(factors=(4, 2, 1), switch_at=(0.5,)), "3 factors need 2 switch_at fractions"),
+        (dict(factors=(4, 2, 1), switch_at=(0.6, 0.3)), "strictly increasing"),
+        (dict(factors=(4, 2, 1), switch_at=(0.3, 1.0)), "strictly increasing fractions in (0, 1)"),
+        (dict(factors=(3, 2, 1), switch_at=(0.3, 0.6)), "each a multiple of the next (3 then 2)"),
+        (dict(factors=(2, 4, 1), switch_at=(0.3, 0.6)), "coarse to fine"),
+        (dict(factors=(4, 2), switch_at=(0.5,)), "must end at 1"),
+        (dict(factors=(4, 0, 1), switch_at=(0.3, 0.6)), "positive integers"),
+        (dict(switch_at=(0.5,)), "without factors"),
+        (dict(factors=(2, 1), switch_at=(0.5,), rays_follow_pixels=-1.0), "rays_follow_pixels -1.0 must be >= 0"),
+        (dict(factors=(2, 1), switch_at=(0.5,), min_rays_per_batch=0), "min_rays_per_batch 0 must be >= 1"),
     ],
 )
-def test_bad_schedules_give_one_line(factors, switch_at, words: str) -> None:
+def test_bad_schedules_give_one_line(settings, words: str) -> None:
     with pytest.raises(ValueError) as err:
-        ResolutionScheduleConfig(factors=factors, switch_at=switch_at).validate()
+        ResolutionScheduleConfig(**settings).validate()
     assert words in str(err.value) and "\n" not in str(err.value)
+    ResolutionScheduleConfig(factors=(4, 2, 1), switch_at=(0.3, 0.6)).validate()  # the good one passes
 
 
 def test_train_core_refuses_a_bad_schedule_in_one_line(tmp_path: Path, capsys) -> None:
@@ -141,6 +146,17 @@ def test_train_core_refuses_a_bad_schedule_in_one_line(tmp_path: Path, capsys) -
     err = capsys.readouterr().err
     assert code == 2 and err.strip().count("\n") == 0 and "switch_at" in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_ns_train_datamanager_refuses_a_bad_schedule_in_one_line(sphere_dir: Path, tmp_path: Path, capsys) -> None:
+    from helpers import tiny_config
+
+    config = tiny_config(sphere_dir, tmp_path)
+    config.pipeline.datamanager.resolution_schedule = ResolutionScheduleConfig(factors=(3, 2, 1), switch_at=(0.3, 0.6))
+    with pytest.raises(SystemExit) as exit_info:
+        config.pipeline.datamanager.setup(device="cpu")
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 2 and out.strip().count("\n") == 0 and "3 then 2" in out, out
 
 
 def test_train_core_run_with_a_schedule_draws_each_level_and_finishes(bunny_dir: Path, tmp_path: Path, capsys) -> None:
@@ -154,18 +170,21 @@ def test_train_core_run_with_a_schedule_draws_each_level_and_finishes(bunny_dir:
     sizes: List[tuple] = []
     for step in range(10):
         batch = run.batch(step)
-        sizes.append((len(batch["normal"]), int(batch["indices"][:, 1].max()) < [16, 32, 64][run.rays.level_at(step, 10)]))
-    assert sizes == [(64, True)] * 3 + [(256, True)] * 3 + [(1024, True)] * 4  # pmni-fast: 1024 rays
+        # The largest row drawn tells the level: coarse rows never reach the next level's height.
+        sizes.append((len(batch["normal"]), 1 + int(batch["indices"][:, 1].max()) // 16))
+    # pmni-fast's 1024 rays follow the pixels: 64 at 20x16 (rows < 16), 256 at 40x32, 1024 at 80x64.
+    assert sizes == [(64, 1)] * 3 + [(256, 2)] * 3 + [(1024, 4)] * 4
 
     out = tmp_path / "run"
-    code = train_core.main(["--data", str(bunny_dir), "--output", str(out), "--device", "cpu", "--iterations", "10",
+    code = train_core.main(["--data", str(bunny_dir), "--output", str(out), "--device", "cpu", "--iterations", "4",
                             "--rays", "128", "--mesh-resolution", "32", "--log-every", "0",
-                            "--resolution-schedule", "4", "2", "1", "--switch-at", "0.3", "0.6"])
-    assert code == 0, capsys.readouterr().err
-    assert "resolution schedule: 1/4 (20x16) from step 0, 128 rays; 1/2 (40x32) from step 3" in capsys.readouterr().out
+                            "--resolution-schedule", "4", "2", "1", "--switch-at", "0.25", "0.5"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "resolution schedule: 1/4 (20x16) from step 0, 128 rays; 1/2 (40x32) from step 1" in captured.out
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["steps"] == 10 and metrics["resolution_schedule"]["factors"] == [4, 2, 1]
-    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 10
+    assert metrics["steps"] == 4 and metrics["resolution_schedule"]["factors"] == [4, 2, 1]
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 4
 
 
 class Interrupt(Exception):
@@ -205,8 +224,8 @@ def test_ns_train_resume_mid_schedule_is_bit_identical(
     monkeypatch.setattr(ResolutionPyramid, "sample", counted)
 
     def config(output: Path):
-        cfg = tiny_config(sphere_dir, output, iterations=10)
-        cfg.steps_per_save = 5
+        cfg = tiny_config(sphere_dir, output, iterations=6)
+        cfg.steps_per_save = 3
         cfg.pipeline.datamanager.resolution_schedule = ResolutionScheduleConfig(
             factors=(4, 2, 1), switch_at=(0.2, 0.8), min_rays_per_batch=8
         )
@@ -214,14 +233,14 @@ def test_ns_train_resume_mid_schedule_is_bit_identical(
 
     seed_everything(0)
     straight = runner.train(config(tmp_path / "straight"))
-    # 64 rays at 64x64: 4 (floor 8) at 16x16 from step 0, 16 at 32x32 from step 2, 64 at 64x64 from step 8.
-    assert counts == [8, 8, 16, 16, 16, 16, 16, 16, 64, 64]
+    # 64 rays at 64x64: 4 (floor 8) at 16x16 from step 0, 16 at 32x32 from step 1, 64 at 64x64 from step 5.
+    assert counts == [8, 16, 16, 16, 16, 64]
     reference = trained_state(straight.trainer)
 
     seed_everything(0)
 
     def crash(step: int) -> None:
-        if step == 6:
+        if step == 4:
             raise Interrupt
 
     with pytest.raises(Interrupt):
@@ -232,10 +251,10 @@ def test_ns_train_resume_mid_schedule_is_bit_identical(
     again = config(tmp_path / "resumed")
     again.resume = True
     resumed = runner.train(again)
-    assert resumed.trainer._start_step == 6
-    # The fractions stay those of the whole run, not of the 4 steps left after the checkpoint.
-    assert resumed.trainer.pipeline.datamanager.run_length == 10
-    assert counts == [16, 16, 64, 64]
+    assert resumed.trainer._start_step == 4
+    # The fractions stay those of the whole run, not of the 2 steps left after the checkpoint.
+    assert resumed.trainer.pipeline.datamanager.run_length == 6
+    assert counts == [16, 64]
     result = trained_state(resumed.trainer)
     assert result.keys() == reference.keys()
     assert all(torch.equal(reference[k], result[k]) for k in reference)

@@ -80,12 +80,15 @@ class ResolutionScheduleConfig:
         if int(self.min_rays_per_batch) < 1:
             raise ValueError(f"resolution schedule: min_rays_per_batch {self.min_rays_per_batch} must be >= 1")
 
+    def level_starts(self, total_steps: int) -> List[int]:
+        """First step of each level in a ``total_steps`` run (``[0]`` when off)."""
+        return [0] + [int(round(float(s) * max(int(total_steps), 1))) for s in self.switch_at]
+
     def level_at(self, step: int, total_steps: int) -> int:
         """Index into ``factors`` of the level that trains ``step`` (0-based) of a ``total_steps`` run."""
         if not self.enabled:
             return 0
-        starts = [int(round(float(s) * max(int(total_steps), 1))) for s in self.switch_at]
-        return bisect.bisect_right(starts, int(step))
+        return bisect.bisect_right(self.level_starts(total_steps), int(step)) - 1
 
     def rays_for_level(self, num_rays: int, pixel_ratio: float) -> int:
         """Rays per batch of a level with ``pixel_ratio`` = its pixels / the loaded pixels, for a run of
@@ -157,7 +160,7 @@ class ResolutionPyramid:
         """One line: each level's image size, first step and rays per batch in a run of ``num_rays``."""
         if not self.enabled:
             return "resolution schedule off"
-        starts = [0] + [int(round(float(s) * max(int(total_steps), 1))) for s in self.schedule.switch_at]
+        starts = self.schedule.level_starts(total_steps)
         parts = [
             f"1/{f} ({store.width}x{store.height}) from step {start}, "
             f"{self.schedule.rays_for_level(num_rays, store.num_pixels / self.finest.num_pixels)} rays"
