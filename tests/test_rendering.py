@@ -241,3 +241,34 @@ def test_render_of_initial_sphere() -> None:
     # A one-hidden-layer init is piecewise almost linear: its normals are slightly faceted.
     assert (cos > 0.93).all() and cos.mean() > 0.97
     assert ((out["rgb"] >= 0) & (out["rgb"] <= 1)).all() and ((out["normal_vis"] >= 0) & (out["normal_vis"] <= 1)).all()
+
+
+def test_surface_normal_loss_supervises_the_gradient_at_the_zero_crossing() -> None:
+    """Training rays that cross the level set get its gradient (with graph); the loss against the true sphere
+    normals is small, against flipped ones large, and reaches the field's parameters."""
+    core = small_core(surface_normal_weight=0.5, inv_s_min=400.0, inv_s_step_factor=8.0, inv_s_floor_factor=8.0)
+    core.update_grid()
+    core.train()
+    n = 32
+    o = torch.tensor([[0.0, 0.0, -3.0]]).repeat(n, 1)
+    d = torch.nn.functional.normalize(torch.randn(n, 3) * 0.05 + torch.tensor([0.0, 0.0, 1.0]), dim=-1)
+    d[:4] = torch.nn.functional.normalize(torch.tensor([0.5, 0.0, 1.0]), dim=-1)  # misses the sphere
+    out = core.render(o, d)
+    rays = out["samples"]["surface_rays"]
+    assert 20 <= rays.numel() <= n - 4 and (rays >= 4).all()
+    # The true normal of the sphere of radius 0.5 where each ray enters it.
+    b = (o * d).sum(-1)
+    t = -b - torch.sqrt((b * b - ((o * o).sum(-1) - 0.25)).clamp(min=0))
+    true = torch.nn.functional.normalize(o + d * t[:, None], dim=-1)
+    fg = torch.ones(n, 1)
+    fg[:4] = 0
+    batch = {"normal": true, "fg_mask": fg}
+    good = core.losses(out, batch)["surface_normal_loss"]
+    bad = core.losses(out, {"normal": -true, "fg_mask": fg})["surface_normal_loss"]
+    weights = core.loss_weights(False)
+    assert float(good) < 0.05 * weights["normal"] * 0.5 and float(bad) > 1.0 * weights["normal"] * 0.5
+    bad.backward()
+    # The geometric init gives the hash features zero weight, so the gradient shows in the MLP first.
+    grad = core.field.layers[0].weight.grad
+    assert grad is not None and float(grad.abs().sum()) > 0
+    assert "surface_normal_loss" not in small_core().losses(small_core().render(o, d), batch)

@@ -78,6 +78,10 @@ class PMNICoreConfig:
     grazing_cos: float = 0.0
     """Normal-loss confidence min(1, cos / grazing_cos) of a pixel whose target normal is seen at cos from its ray
     (0: off): estimated normals are worst at grazing angles, where other views see the surface frontally."""
+    surface_normal_weight: float = 0.0
+    """Also supervise the SDF's own gradient at each ray's first zero crossing with the target normal, at this
+    fraction of the normal weight (0: off). The composited normal averages over the opacity band, so it can match
+    the targets while the level set a mesh shows stays wrinkled."""
     mask_boundary_px: float = 0.0
     """The mask loss leaves out pixels this close (pixels at training resolution) to a mask boundary (0: off):
     segmenter masks are off by 1-3 px at their boundaries."""
@@ -226,6 +230,8 @@ class PMNICore(nn.Module):
         outputs = self._composite(sdf, grad, dirs, t_mid, t_ends - t_starts, ray_idx, n, empty, directions_norm)
         if not self.training:
             outputs.update(self._surface_normals(origins, directions, sdf[:, 0].detach(), t_mid, ray_idx, n, empty))
+        elif create_graph and self.config.surface_normal_weight > 0 and not empty:
+            outputs["samples"].update(self._surface_gradients(origins, directions, sdf[:, 0].detach(), t_mid, ray_idx, n))
         if self.training and create_graph and self.config.eikonal_random_points > 0:
             pts = self._random_points_in_sphere(self.config.eikonal_random_points, origins.device)
             _, grad_rand = self.field.sdf_and_gradient(pts, create_graph=True)
@@ -367,6 +373,18 @@ class PMNICore(nn.Module):
             outputs["samples"]["random_gradients"] = grad_rand
         return outputs
 
+    def _surface_gradients(
+        self, origins: Tensor, directions: Tensor, sdf: Tensor, t_mid: Tensor, ray_idx: Tensor, n: int
+    ) -> Dict[str, Tensor]:
+        """SDF gradients (with graph) at the rays' first zero crossings, and which rays they belong to. The crossing
+        point itself is held fixed: the loss turns the level set there, it does not move it."""
+        with torch.no_grad():
+            t_hit, hit = first_zero_crossing(sdf, t_mid, ray_idx, n)
+            rays = torch.nonzero(hit).squeeze(-1)
+            pts = origins[rays].detach() + directions[rays].detach() * t_hit[rays, None]
+        _, grad = self.field.sdf_and_gradient(pts, create_graph=True)
+        return {"surface_gradients": grad, "surface_rays": rays}
+
     @torch.no_grad()
     def _surface_normals(
         self, origins: Tensor, directions: Tensor, sdf: Tensor, t_mid: Tensor, ray_idx: Tensor, n: int, empty: bool
@@ -439,6 +457,15 @@ class PMNICore(nn.Module):
             out["normal_loss"] = weights["normal"] * L.normal_loss(
                 outputs["normal"], target, fg, cfg.normal_loss_type, confidence, cfg.normal_robust_scale
             )
+            samples = outputs.get("samples", {})
+            if cfg.surface_normal_weight > 0 and "surface_gradients" in samples:
+                rays_hit = samples["surface_rays"]
+                grad = samples["surface_gradients"]
+                unit = grad / grad.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+                out["surface_normal_loss"] = weights["normal"] * cfg.surface_normal_weight * L.normal_loss(
+                    unit, target[rays_hit], fg[rays_hit], cfg.normal_loss_type,
+                    None if confidence is None else confidence[rays_hit], cfg.normal_robust_scale,
+                )
         if weights["mask"] > 0:
             mask_weight = None
             if cfg.mask_boundary_px > 0 and batch.get("mask_boundary_px") is not None:
