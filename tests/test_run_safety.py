@@ -178,10 +178,10 @@ def test_nan_before_the_mask_cross_entropy_takes_the_guard_path(
     original = losses.mask_loss
     calls = [0]
 
-    def poisoned(accumulation, fg_mask, eps=1e-3):
+    def poisoned(accumulation, fg_mask, eps=1e-3, weight=None):
         calls[0] += 1
         # From the third training call on the opacity is NaN, as after a learning rate of 1e30.
-        return original(accumulation * float("nan") if calls[0] > 2 else accumulation, fg_mask, eps)
+        return original(accumulation * float("nan") if calls[0] > 2 else accumulation, fg_mask, eps, weight)
 
     monkeypatch.setattr(losses, "mask_loss", poisoned)
     config = tiny_config(sphere_dir, tmp_path, iterations=40)
