@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Literal, Optional
+from typing import Any, Dict, List, Literal, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -206,11 +206,7 @@ class PMNICore(nn.Module):
         self._sync_levels()
         create_graph = torch.is_grad_enabled()
         n = origins.shape[0]
-        near, far = sphere_near_far(origins, directions, self.config.sampler.sphere_radius)
-        if nears is not None:
-            near = torch.maximum(near, nears.reshape(-1))
-        if fars is not None:
-            far = torch.minimum(far, fars.reshape(-1))
+        near, far = self._ray_bounds(origins, directions, nears, fars)
         step = self.step_size()
         ray_idx, t_starts, t_ends = self.grid.march(origins, directions, near, far, step, stratified=self.training)
         empty = ray_idx.numel() == 0
@@ -237,6 +233,17 @@ class PMNICore(nn.Module):
             _, grad_rand = self.field.sdf_and_gradient(pts, create_graph=True)
             outputs["samples"]["random_gradients"] = grad_rand
         return outputs
+
+    def _ray_bounds(
+        self, origins: Tensor, directions: Tensor, nears: Optional[Tensor], fars: Optional[Tensor]
+    ) -> Tuple[Tensor, Tensor]:
+        """Where each ray is inside the bounding sphere, narrowed by the caller's near / far planes when given."""
+        near, far = sphere_near_far(origins, directions, self.config.sampler.sphere_radius)
+        if nears is not None:
+            near = torch.maximum(near, nears.reshape(-1))
+        if fars is not None:
+            far = torch.minimum(far, fars.reshape(-1))
+        return near, far
 
     def _composite(
         self,
@@ -307,11 +314,7 @@ class PMNICore(nn.Module):
             raise ValueError(f"patch rendering needs k >= 2 and a positive multiple of k^2 rays; got k={k}, {n} rays")
         self._sync_levels()
         num_patches = n // q
-        near, far = sphere_near_far(origins, directions, self.config.sampler.sphere_radius)
-        if nears is not None:
-            near = torch.maximum(near, nears.reshape(-1))
-        if fars is not None:
-            far = torch.minimum(far, fars.reshape(-1))
+        near, far = self._ray_bounds(origins, directions, nears, fars)
         step = self.step_size()
         o = origins.view(num_patches, q, 3)
         d = directions.view(num_patches, q, 3)
