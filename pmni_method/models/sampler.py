@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -269,12 +269,7 @@ class OccupancyGrid(nn.Module):
             idx_parts.append(r)
             ts_parts.append(ts[r, c])
             te_parts.append(te[r, c])
-        local = torch.cat(idx_parts)
-        t_starts, t_ends = torch.cat(ts_parts), torch.cat(te_parts)
-        if len(idx_parts) > 1:
-            # Blocks are step-major: restore the ray-major order (stable sort keeps distances ascending).
-            order = torch.sort(local, stable=True).indices
-            local, t_starts, t_ends = local[order], t_starts[order], t_ends[order]
+        local, t_starts, t_ends = _ray_major(idx_parts, ts_parts, te_parts)
         return rays[local], t_starts, t_ends
 
     @torch.no_grad()
@@ -342,11 +337,7 @@ class OccupancyGrid(nn.Module):
             idx_parts.append(r)
             ts_parts.append(ts[r, c])
             te_parts.append(te[r, c])
-        local = torch.cat(idx_parts)
-        t_starts, t_ends = torch.cat(ts_parts), torch.cat(te_parts)
-        if len(idx_parts) > 1:
-            order = torch.sort(local, stable=True).indices
-            local, t_starts, t_ends = local[order], t_starts[order], t_ends[order]
+        local, t_starts, t_ends = _ray_major(idx_parts, ts_parts, te_parts)
         if cut and local.numel():
             # A ray that misses the sphere never enters: it must not keep the patch open.
             t_in = torch.where(hit[patches], t_in, torch.full_like(t_in, -float("inf")))
@@ -378,3 +369,16 @@ class OccupancyGrid(nn.Module):
             far_plane=1e10,
         )
         return ray_indices.long(), t_starts, t_ends
+
+
+def _ray_major(
+    idx_parts: List[Tensor], ts_parts: List[Tensor], te_parts: List[Tensor]
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Concatenate the samples of blocks of marching steps (ray index, start, end) into packed order."""
+    local = torch.cat(idx_parts)
+    t_starts, t_ends = torch.cat(ts_parts), torch.cat(te_parts)
+    if len(idx_parts) > 1:
+        # Blocks are step-major: restore the ray-major order (stable sort keeps distances ascending).
+        order = torch.sort(local, stable=True).indices
+        local, t_starts, t_ends = local[order], t_starts[order], t_ends[order]
+    return local, t_starts, t_ends
