@@ -83,12 +83,14 @@ def build_run(
     gauge: Optional[str] = None,
     seed: int = 0,
     resolution_schedule: Optional[ResolutionScheduleConfig] = None,
+    consistency: Optional[MultiViewConsistencyConfig] = None,
 ) -> CoreRun:
     """Core, ray store, pose model and optimiser for ``data``; pose refinement on for any start but ``gt`` (or as
     ``refine_poses`` says), decided by the same one switch as ``ns-train`` (:func:`presets.pose_settings`).
     ``pose_init`` defaults to the start the data was loaded with. ``resolution_schedule`` trains coarse to fine
     over downscaled copies of ``data`` (:mod:`pmni_method.data.pyramid`); the poses, the consistency term and the
-    initial sphere always use ``data`` as given."""
+    initial sphere always use ``data`` as given. ``consistency`` is the consistency term's configuration (its
+    pose-free variant when the poses are refined)."""
     mode = "auto" if refine_poses is None else ("SE3" if refine_poses else "off")
     pose_config, preset.core.loss_schedule = pose_settings(
         PoseModelConfig(mode=mode, gauge=gauge or "auto", recentre_on_masks=None),
@@ -107,7 +109,7 @@ def build_run(
     context = StepContext(
         poses=pose_model,
         views=store.views if uses_mvc else None,
-        consistency=pose_free_consistency() if pose_model.enabled else MultiViewConsistencyConfig(),
+        consistency=pose_free_consistency(consistency) if pose_model.enabled else (consistency or MultiViewConsistencyConfig()),
         # Camera-space maps were rotated into the world by the initial poses: they turn with the corrections.
         targets_follow_poses=data.normal_space == "camera",
     )
@@ -253,22 +255,27 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         "--core-set", action="append", default=[], metavar="FIELD=VALUE",
         help="set a top-level PMNICoreConfig field (e.g. normal_loss_type=cauchy, grazing_cos=0.3); repeatable",
     )
+    parser.add_argument(
+        "--consistency-set", action="append", default=[], metavar="FIELD=VALUE",
+        help="set a MultiViewConsistencyConfig field (e.g. pose_free_silhouette_weight=0.05); repeatable",
+    )
     return parser.parse_args(argv)
 
 
-def apply_core_settings(preset: CorePreset, settings: Sequence[str]) -> CorePreset:
-    """``preset`` with top-level core fields set from ``FIELD=VALUE`` strings (typed like the field's default).
-    Raises ValueError (one line) on an unknown field or a value of the wrong type."""
+def set_fields(config: Any, settings: Sequence[str], flag: str) -> Any:
+    """A copy of the dataclass ``config`` with top-level fields set from ``FIELD=VALUE`` strings (typed like the
+    field's current value). Raises ValueError (one line, naming ``flag``) on an unknown field or a wrong type."""
     changes: Dict[str, Any] = {}
-    fields = {f.name: f for f in dataclasses.fields(preset.core)}
+    fields = {f.name: f for f in dataclasses.fields(config)}
     for item in settings:
         name, sep, text = item.partition("=")
         name = name.strip().replace("-", "_")
-        if not sep or name not in fields:
-            raise ValueError(f"--core-set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
-        current = getattr(preset.core, name)
+        if not sep or name not in fields or name.startswith("_"):
+            public = sorted(n for n in fields if not n.startswith("_"))
+            raise ValueError(f"{flag} {item!r}: expected FIELD=VALUE with FIELD one of {public}")
+        current = getattr(config, name)
         if dataclasses.is_dataclass(current):
-            raise ValueError(f"--core-set {item!r}: {name} is a nested config; only plain fields can be set")
+            raise ValueError(f"{flag} {item!r}: {name} is a nested config; only plain fields can be set")
         try:
             if isinstance(current, bool):
                 if text.lower() not in ("true", "false", "1", "0"):
@@ -279,11 +286,15 @@ def apply_core_settings(preset: CorePreset, settings: Sequence[str]) -> CorePres
             else:
                 value = text
         except ValueError:
-            raise ValueError(f"--core-set {item!r}: {name} takes a {type(current).__name__}") from None
+            raise ValueError(f"{flag} {item!r}: {name} takes a {type(current).__name__}") from None
         changes[name] = value
-    if changes:
-        preset = dataclasses.replace(preset, core=dataclasses.replace(preset.core, **changes))
-    return preset
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+def apply_core_settings(preset: CorePreset, settings: Sequence[str]) -> CorePreset:
+    """``preset`` with top-level core fields set from ``FIELD=VALUE`` strings (:func:`set_fields`)."""
+    core = set_fields(preset.core, settings, "--core-set")
+    return preset if core is preset.core else dataclasses.replace(preset, core=core)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -316,6 +327,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     preset = core_preset(args.preset)
     try:
         preset = apply_core_settings(preset, args.core_set)
+        consistency = set_fields(MultiViewConsistencyConfig(), args.consistency_set, "--consistency-set")
     except ValueError as err:
         print_error(f"error: {err}", prog=PROG, stderr=True)
         return EXIT_BAD_INPUT
@@ -326,7 +338,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     preset.core.gradient_method = args.gradient_method
     preset.core.patch_size = args.patch_size
     try:
-        run = build_run(preset, train, args.device, gauge=args.gauge, seed=args.seed, resolution_schedule=schedule)
+        run = build_run(
+            preset, train, args.device, gauge=args.gauge, seed=args.seed, resolution_schedule=schedule,
+            consistency=consistency,
+        )
     except PMNIDataError as err:
         # A schedule level can be too coarse for the data (masks that vanish when averaged).
         print_error(f"error: {err}", prog=PROG, stderr=True)

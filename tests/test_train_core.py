@@ -114,3 +114,12 @@ def test_core_set_types_values_and_refuses_unknown_fields() -> None:
     for bad, words in (("no_such=1", "FIELD=VALUE"), ("grazing_cos=x", "takes a float"), ("sampler=1", "nested")):
         with pytest.raises(ValueError, match=words):
             apply_core_settings(core_preset("pmni-fast"), [bad])
+
+    from pmni_method.models.consistency import MultiViewConsistencyConfig
+    from pmni_method.train_core import set_fields
+
+    base = MultiViewConsistencyConfig()
+    changed = set_fields(base, ["pose_free_silhouette_weight=0.1", "views-per-point=3"], "--consistency-set")
+    assert (changed.pose_free_silhouette_weight, changed.views_per_point, base.views_per_point) == (0.1, 3, 2)
+    with pytest.raises(ValueError, match="--consistency-set 'no_such=1'"):
+        set_fields(base, ["no_such=1"], "--consistency-set")

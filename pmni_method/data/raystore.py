@@ -6,7 +6,7 @@ consistency term and the pose polish read the same tensors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -43,9 +43,17 @@ class TrainingViews:
             depths=None if data.depths is None else torch.as_tensor(data.depths, dtype=torch.float32, device=device),
         )
 
+    _outside: Optional[Tensor] = field(default=None, repr=False, compare=False)
+
     @property
     def num_views(self) -> int:
         return int(self.masks.shape[0])
+
+    def mask_outside_distance(self) -> Tensor:
+        """(V, H, W) distance in pixels from each pixel to its view's mask (0 inside; computed once)."""
+        if self._outside is None:
+            self._outside = mask_outside_distance(self.masks.cpu().numpy()).to(self.masks.device)
+        return self._outside
 
 
 class RayStore:
@@ -165,3 +173,11 @@ def mask_boundary_distance(masks: Any) -> Tensor:
             continue
         out[i] = np.where(mask, distance_transform_edt(mask), distance_transform_edt(~mask))
     return torch.from_numpy(out)
+
+
+def mask_outside_distance(masks: Any) -> Tensor:
+    """Each pixel's distance in pixels [V, H, W] to the nearest foreground pixel of its view (0 inside the mask, 1
+    next to it); every pixel of a view with an empty mask is as far as the image diagonal."""
+    masks = np.asarray(masks, dtype=bool)
+    out = torch.where(torch.from_numpy(masks), torch.zeros(()), mask_boundary_distance(masks))
+    return torch.nan_to_num(out, posinf=float(np.hypot(*masks.shape[1:])))

@@ -63,6 +63,15 @@ class MultiViewConsistencyConfig:
     """Sphere-tracing iterations; a ray still inside the scene after them counts as unoccluded."""
     detach_points: bool = False
     """Stop gradients through the point positions (then only the poses receive the term's gradient)."""
+    silhouette_weight: float = 0.0
+    """Weight of the silhouette term (:mod:`pmni_method.models.silhouette`: the same points projected into every
+    other view's mask, distance in pixels beyond a margin, Huber) relative to the stage's consistency weight; 0: off."""
+    pose_free_silhouette_weight: float = 0.0
+    """silhouette_weight when the poses are refined (pose-free)."""
+    silhouette_margin_px: float = 1.0
+    """Distance to a mask (pixels at training resolution) that costs nothing: binarisation, segmenter error."""
+    silhouette_huber_px: float = 2.0
+    """The silhouette cost is quadratic up to this distance beyond the margin and linear after it."""
 
 
 def sample_normals(views: TrainingViews, view: Tensor, uv: Tensor) -> Tuple[Tensor, Tensor]:

@@ -178,6 +178,7 @@ def pose_free_consistency(base: Optional[MultiViewConsistencyConfig] = None) -> 
         base,
         num_points=getattr(base, "pose_free_num_points", 512),
         views_per_point=getattr(base, "pose_free_views_per_point", 4),
+        silhouette_weight=getattr(base, "pose_free_silhouette_weight", 0.0),
     )
 
 

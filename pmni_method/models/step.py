@@ -18,6 +18,7 @@ from pmni_method.data.raystore import TrainingViews
 from pmni_method.models.consistency import MultiViewConsistencyConfig, consistency_loss, select_points
 from pmni_method.models.core import PMNICore
 from pmni_method.models.pose_model import PoseModel
+from pmni_method.models.silhouette import silhouette_loss
 
 
 @dataclass
@@ -119,8 +120,10 @@ def step_losses(
     losses = core.losses(outputs, batch, weights=weights)
     stats: Dict[str, Tensor] = {}
     if rays is not None and weights["mvc"] > 0 and context.views is not None:
-        loss, stats = _consistency(core, outputs, batch, rays, context)
+        loss, stats, silhouette = _consistency(core, outputs, batch, rays, context)
         losses["mvc_loss"] = weights["mvc"] * loss
+        if silhouette is not None:
+            losses["silhouette_loss"] = weights["mvc"] * context.consistency.silhouette_weight * silhouette
     if rays is not None and context.refining:
         reg = context.poses.regulariser()
         if reg is not None:
@@ -142,7 +145,8 @@ def has_depth(batch: Dict[str, Any]) -> bool:
 
 def _consistency(
     core: PMNICore, outputs: Dict[str, Any], batch: Dict[str, Tensor], rays: Dict[str, Any], context: StepContext
-) -> Tuple[Tensor, Dict[str, Tensor]]:
+) -> Tuple[Tensor, Dict[str, Tensor], Optional[Tensor]]:
+    """The consistency term, its statistics and (when weighted) the unweighted silhouette term on the same points."""
     views = context.views
     points, picked = select_points(
         rays["origins"], rays["directions"], outputs["depth"], outputs["accumulation"], batch["fg_mask"],
@@ -153,7 +157,7 @@ def _consistency(
         rotations = context.poses.left_transforms()[:, :3, :3] if context.targets_follow_poses else None
     else:
         c2w, rotations = views.c2w, None
-    return consistency_loss(
+    loss, stats = consistency_loss(
         points,
         batch["normal"][picked].to(points),
         rays["camera_indices"][picked],
@@ -164,6 +168,20 @@ def _consistency(
         context.consistency,
         radius=core.config.sampler.sphere_radius,
     )
+    config = context.consistency
+    if getattr(config, "silhouette_weight", 0.0) <= 0:
+        return loss, stats, None
+    silhouette, silhouette_stats = silhouette_loss(
+        points,
+        rays["camera_indices"][picked],
+        views.mask_outside_distance(),
+        c2w.to(points),
+        views.K,
+        margin_px=config.silhouette_margin_px,
+        huber_px=config.silhouette_huber_px,
+    )
+    stats.update(silhouette_stats)
+    return loss, stats, silhouette
 
 
 @torch.no_grad()
