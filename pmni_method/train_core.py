@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -253,7 +253,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument(
         "--core-set", action="append", default=[], metavar="FIELD=VALUE",
-        help="set a top-level PMNICoreConfig field (e.g. normal_loss_type=cauchy, grazing_cos=0.3); repeatable",
+        help="set a PMNICoreConfig field (e.g. normal_loss_type=cauchy, loss_schedule.pose_free_mvc=8); repeatable",
     )
     parser.add_argument(
         "--consistency-set", action="append", default=[], metavar="FIELD=VALUE",
@@ -263,32 +263,43 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def set_fields(config: Any, settings: Sequence[str], flag: str) -> Any:
-    """A copy of the dataclass ``config`` with top-level fields set from ``FIELD=VALUE`` strings (typed like the
-    field's current value). Raises ValueError (one line, naming ``flag``) on an unknown field or a wrong type."""
-    changes: Dict[str, Any] = {}
-    fields = {f.name: f for f in dataclasses.fields(config)}
+    """A copy of the dataclass ``config`` with fields set from ``FIELD=VALUE`` strings (typed like the field's
+    current value; ``a.b=VALUE`` reaches into the nested config ``a``). Raises ValueError (one line, naming ``flag``
+    and the setting) on an unknown field or a wrong type."""
     for item in settings:
-        name, sep, text = item.partition("=")
-        name = name.strip().replace("-", "_")
-        if not sep or name not in fields or name.startswith("_"):
-            public = sorted(n for n in fields if not n.startswith("_"))
-            raise ValueError(f"{flag} {item!r}: expected FIELD=VALUE with FIELD one of {public}")
-        current = getattr(config, name)
-        if dataclasses.is_dataclass(current):
-            raise ValueError(f"{flag} {item!r}: {name} is a nested config; only plain fields can be set")
-        try:
-            if isinstance(current, bool):
-                if text.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError(text)
-                value: Any = text.lower() in ("true", "1")
-            elif isinstance(current, (int, float)):
-                value = type(current)(text)
-            else:
-                value = text
-        except ValueError:
-            raise ValueError(f"{flag} {item!r}: {name} takes a {type(current).__name__}") from None
-        changes[name] = value
-    return dataclasses.replace(config, **changes) if changes else config
+        path, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"{flag} {item!r}: expected FIELD=VALUE")
+        config = _set_field(config, path.strip().replace("-", "_").split("."), text, f"{flag} {item!r}")
+    return config
+
+
+def _set_field(config: Any, path: List[str], text: str, where: str) -> Any:
+    fields = {f.name for f in dataclasses.fields(config) if not f.name.startswith("_")}
+    name = path[0]
+    if name not in fields:
+        raise ValueError(f"{where}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
+    current = getattr(config, name)
+    if dataclasses.is_dataclass(current):
+        if len(path) == 1:
+            raise ValueError(f"{where}: {name} is a nested config; set one of its fields as {name}.FIELD")
+        return dataclasses.replace(config, **{name: _set_field(current, path[1:], text, where)})
+    if len(path) > 1:
+        raise ValueError(f"{where}: {name} is not a nested config")
+    try:
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(text)
+            value: Any = text.lower() in ("true", "1")
+        elif isinstance(current, (int, float)):
+            value = type(current)(text)
+        elif current is None or isinstance(current, str):
+            value = text
+        else:
+            raise ValueError(text)
+    except ValueError:
+        raise ValueError(f"{where}: {name} takes a {type(current).__name__}") from None
+    return dataclasses.replace(config, **{name: value})
 
 
 def apply_core_settings(preset: CorePreset, settings: Sequence[str]) -> CorePreset:

@@ -111,7 +111,13 @@ def test_core_set_types_values_and_refuses_unknown_fields() -> None:
     core = preset.core
     assert (core.normal_loss_type, core.grazing_cos, core.c2f_start_levels, core.normalize_gradients) == ("cauchy", 0.3, 2, False)
     assert isinstance(core.c2f_start_levels, int) and core_preset("pmni-fast").core.grazing_cos == 0.0
-    for bad, words in (("no_such=1", "FIELD=VALUE"), ("grazing_cos=x", "takes a float"), ("sampler=1", "nested")):
+    nested = apply_core_settings(core_preset("pmni-fast"), ["loss_schedule.pose_free_mvc=8", "sampler.grid_resolution=96"])
+    assert (nested.core.loss_schedule.pose_free_mvc, nested.core.sampler.grid_resolution) == (8.0, 96)
+    assert core_preset("pmni-fast").core.sampler.grid_resolution == 64
+    for bad, words in (
+        ("no_such=1", "FIELD=VALUE"), ("grazing_cos=x", "takes a float"), ("sampler=1", "nested"),
+        ("sampler.nope=1", "FIELD=VALUE"), ("grazing_cos.x=1", "not a nested"), ("loss_schedule.stages=1", "takes a tuple"),
+    ):
         with pytest.raises(ValueError, match=words):
             apply_core_settings(core_preset("pmni-fast"), [bad])
 
