@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 
 from pmni_method.atomic import atomic_write, write_json_atomic
+from pmni_method.backends import reproducible_on_cpu
 from pmni_method.poses.maths import pose_errors
 from pmni_method.poses.starts import PoseInitConfig
 from pmni_method.data.diligent_mv import load_diligent_mv, split_indices
@@ -335,6 +336,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except PMNIDataError as err:
         print_error(f"error: {err}", prog=PROG, stderr=True)
         return EXIT_BAD_INPUT
+    reproducible_on_cpu(args.device)
     preset = core_preset(args.preset)
     try:
         preset = apply_core_settings(preset, args.core_set)

@@ -47,6 +47,7 @@ from pmni_method.checkpoints import (
     restore_rng_state,
 )
 from pmni_method.atomic import atomic_write
+from pmni_method.backends import reproducible_on_cpu
 from pmni_method.errors import EXIT_OK, EXIT_SIGNAL, exit_with_error, print_error
 
 
@@ -169,6 +170,7 @@ class PMNITrainer(Trainer):
         if config.wants_adoption():
             config.save_config()  # ns-train saves the config first; a caller that did not gets the same resume
         super().__init__(config, local_rank, world_size)
+        reproducible_on_cpu(self.device)
         if self.device.split(":")[0] != "cuda":
             # nerfstudio turns autocast off on CPU but keeps a GradScaler enabled if mixed_precision was asked for;
             # a CUDA scaler has nothing to do on CPU and only warns. Mixed precision is a CUDA-only option here.

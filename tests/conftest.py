@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+import torch
 import trimesh
 
 from pmni_method.synth import DILIGENT_FOCAL, SynthConfig, render_dataset
@@ -17,6 +18,15 @@ from pmni_method.synth import DILIGENT_FOCAL, SynthConfig, render_dataset
 TINY_HEIGHT = 64
 # DiLiGenT's focal scaled with the image height keeps DiLiGenT's field of view, and so its weak perspective.
 TINY_FOCAL = DILIGENT_FOCAL * TINY_HEIGHT / 512
+
+
+@pytest.fixture(autouse=True)
+def _restore_deterministic_mode():
+    """Training entry points switch torch to deterministic kernels on CPU for the whole process; each test gets
+    the mode it started with back."""
+    before = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(before)
 
 
 def tiny_config(mesh: Path, output: Path, **overrides) -> SynthConfig:

@@ -129,3 +129,19 @@ def test_core_set_types_values_and_refuses_unknown_fields() -> None:
     assert (changed.pose_free_silhouette_weight, changed.views_per_point, base.views_per_point) == (0.1, 3, 2)
     with pytest.raises(ValueError, match="--consistency-set 'no_such=1'"):
         set_fields(base, ["no_such=1"], "--consistency-set")
+
+
+def test_cpu_runs_switch_torch_to_its_deterministic_kernels() -> None:
+    import torch
+
+    from pmni_method.backends import reproducible_on_cpu
+
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(False)
+        reproducible_on_cpu("cuda:0")
+        assert not torch.are_deterministic_algorithms_enabled()  # CUDA keeps nerfacc's fast kernels
+        reproducible_on_cpu("cpu")
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before)

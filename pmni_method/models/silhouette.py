@@ -14,9 +14,10 @@ projections outside the image add their distance to the image border. A margin i
 binarisation at every mask boundary (and a segmenter's boundary error, when set larger), and a Huber cost bounds the
 pull of early, misplaced surface points. Nothing here imports nerfstudio.
 
-Measured, and why it is off by default: on the noisy bunny (seed 0, 400 steps of pmni-fast) a weight of 0.1 fitted
-the masks better (final mask loss 0.119 against 0.211) but left the poses worse (mean rotation error 2.04 against
-1.57 degrees). The error that remains is motion along the orbit, which silhouettes barely see.
+Measured, and why it is off by default: on the noisy bunny (seed 0, 400 steps of pmni-fast) a weight of 0.1 gave a
+mean rotation error of 2.04 degrees, against 2.33 and 1.57 for two runs without it (README). That is within the
+spread of single runs, not an improvement. The error that remains is motion along the orbit, which silhouettes
+barely see.
 """
 
 from __future__ import annotations
