@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Dict, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from pmni_method.cameras_torch import project
@@ -86,8 +87,8 @@ def silhouette_loss(
         return zero, empty
     d = sample_distance(distance, view[front], uv[front])
     excess = (d - margin_px).clamp(min=0.0)
-    h = float(huber_px)
-    cost = torch.where(excess < h, 0.5 * excess.square() / h, excess - 0.5 * h)
+    # torch's Huber is delta times this cost beyond delta; dividing by delta keeps the linear part at 1 per pixel.
+    cost = F.huber_loss(excess, torch.zeros_like(excess), reduction="none", delta=float(huber_px)) / float(huber_px)
     out = excess.detach() > 0
     stats = {
         "silhouette_outside_fraction": out.float().mean(),
