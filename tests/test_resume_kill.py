@@ -2,10 +2,9 @@
 
 Three processes, the same command line each time: one uninterrupted run (output folder A) and one run that is killed
 as soon as its first periodic checkpoint exists, then started again with ``--resume True`` (output folder B). The
-resumed run must start right after the newest checkpoint, reach the full step count, and end with a surface whose
-Chamfer distance matches the uninterrupted run's: checkpoints carry every random stream, so on the same machine and
-thread count the two runs take the same steps, which the test checks bit for bit on the final parameters; the
-Chamfer distances must agree within 2 % (measured here: identical).
+resumed run must start right after the newest checkpoint, reach the full step count, and end with the uninterrupted
+run's parameters bit for bit: checkpoints carry every random stream, so on the same machine and thread count the two
+runs take the same steps (the same parameters are the same surface, so no mesh is compared).
 """
 
 from __future__ import annotations
@@ -22,11 +21,10 @@ import torch
 
 from pmni_method.checkpoints import TMP_DIR_NAME, checkpoint_steps
 
-from helpers import evaluate_pipeline, ns_train_args
+from helpers import ns_train_args
 
-ITERATIONS = 120
-SAVE_EVERY = 20
-CD_RELATIVE_TOLERANCE = 0.02
+ITERATIONS = 60
+SAVE_EVERY = 10
 
 
 def command(data: Path, output: Path, *extra: str) -> List[str]:
@@ -42,18 +40,6 @@ def finish(args: List[str]) -> subprocess.CompletedProcess:
     out = subprocess.run(args, capture_output=True, text=True, env=environment(), timeout=300)
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     return out
-
-
-def chamfer(config_yml: Path, data: Path, mesh: Path) -> float:
-    from nerfstudio.utils.eval_utils import eval_setup
-
-    def cpu(config):
-        config.machine.device_type = "cpu"
-        return config
-
-    _, pipeline, _, _ = eval_setup(config_yml, test_mode="inference", update_config_callback=cpu)
-    metrics = evaluate_pipeline(pipeline, data, mesh, resolution=64)
-    return float(metrics["geometry"]["chamfer"])
 
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(sphere_dir: Path, tmp_path: Path):
@@ -99,7 +85,3 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(sphere_dir: Path, tmp_
     b = torch.load(run_dir / final, map_location="cpu")["pipeline"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
-    cd_straight = chamfer(straight_dir / "config.yml", sphere_dir, tmp_path / "straight.ply")
-    cd_resumed = chamfer(run_dir / "config.yml", sphere_dir, tmp_path / "resumed.ply")
-    print(f"chamfer straight {cd_straight!r} resumed {cd_resumed!r} (killed after checkpoint {at_kill[-1]})")
-    assert abs(cd_resumed - cd_straight) <= CD_RELATIVE_TOLERANCE * cd_straight, (cd_resumed, cd_straight)

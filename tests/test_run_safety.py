@@ -27,7 +27,7 @@ from pmni_method.checkpoints import RUN_INFO_KEY, TMP_DIR_NAME, checkpoint_steps
 from pmni_method.errors import EXIT_DIVERGED
 
 
-ITERATIONS = 60
+ITERATIONS = 40
 
 
 def ns_train(data: Path, output: Path, *extra: str, iterations: int = ITERATIONS, save_every: int = 10) -> List[str]:
@@ -98,6 +98,8 @@ def test_interrupt_saves_the_step_then_resume_finishes_and_a_finished_run_is_lef
     assert final[RUN_INFO_KEY] == {"finished": True, "max_num_iterations": ITERATIONS}
     assert not list((run_dir / TMP_DIR_NAME).glob("*"))
 
+    if signum != signal.SIGINT:
+        return  # the signal makes no difference to what follows: one process start (about 25 s) saved
     # A job script that always passes --resume True, run again after the end: nothing is written or deleted.
     before = snapshot(tmp_path / "out")
     again = run(ns_train(sphere_dir, tmp_path / "out", "--resume", "True"))

@@ -136,6 +136,13 @@ def _fast() -> CorePreset:
         loss_schedule=LossScheduleConfig(stages=fast_stages(), total_steps=iters),
         c2f_start_levels=3,
         c2f_end=0.5,
+        # Most marched samples lie in front of the opacity band or behind the surface. Dropping them (a no-grad
+        # pass) leaves the eikonal term too few points off the surface, so uniform points replace them. Bunny,
+        # 900 steps, quarter resolution, two seeds: 357/353 s vs 536/471 s, Chamfer 0.209/0.197 % vs 0.216/0.230 %,
+        # mesh normal MAE 3.95/4.30 vs 4.37/4.77 degrees (README, "Fewer samples per ray").
+        prune_transmittance=1e-3,
+        prune_alpha=1e-3,
+        eikonal_random_points=1024,
     )
     return CorePreset(
         core=core,
