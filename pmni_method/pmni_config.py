@@ -16,7 +16,11 @@ from typing import Any, Dict
 from nerfstudio.configs.base_config import ViewerConfig
 from nerfstudio.plugins.types import MethodSpecification
 
-from pmni_method.compat import allow_numpy_scalars_in_checkpoints, default_device_type
+from pmni_method.compat import (
+    allow_numpy_scalars_in_checkpoints,
+    default_device_type,
+    list_external_methods_without_stack_walks,
+)
 from pmni_method.data.datamanager import PMNIDataManagerConfig
 from pmni_method.dataparsers.diligent_mv_dataparser import DiligentMVDataParserConfig
 from pmni_method.models.presets import MAX_GRAD_NORMS
@@ -26,6 +30,7 @@ from pmni_method.trainer import PMNITrainerConfig
 
 # ns-viewer and ns-export load checkpoints after importing this module.
 allow_numpy_scalars_in_checkpoints()
+list_external_methods_without_stack_walks()
 
 DESCRIPTIONS = {
     "pmni": "PMNI: SDF + NeuS normal integration from multi-view normal maps (full quality, GPU-sized).",

@@ -37,6 +37,28 @@ def test_ns_train_lists_methods():
     assert "--normal-dir" in sub.stdout and "--exclude-views" in sub.stdout
 
 
+def test_external_method_listing_skips_stack_walks_but_still_offers_the_install(monkeypatch, capsys):
+    import inspect
+
+    import pmni_method.pmni_config  # noqa: F401  (applies the fix, as nerfstudio's plugin discovery does)
+    from nerfstudio.configs import external_methods
+
+    def no_stack_walk(*args, **kwargs):
+        raise AssertionError("inspect.stack called while listing external methods")
+
+    monkeypatch.setattr(inspect, "stack", no_stack_walk)
+    configs, _ = external_methods.get_external_methods()
+    assert len(configs) > 10
+    monkeypatch.undo()
+
+    # Chosen from the CLI, an uninstalled method still gets nerfstudio's own install offer and exit.
+    monkeypatch.setattr(external_methods.Confirm, "ask", lambda *args, **kwargs: False)
+    method = next(iter(configs.values())).method
+    with pytest.raises(SystemExit):
+        external_methods.ExternalMethodDummyTrainerConfig(method_name="x", method=method)
+    assert "install" in capsys.readouterr().out
+
+
 def test_ns_train_cli_smoke(bunny_dir: Path, tmp_path: Path):
     """The real command line a user types, on CPU, a few iterations, ends with a loadable checkpoint."""
     out = _run(
