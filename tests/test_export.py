@@ -19,7 +19,9 @@ from pmni_method.cameras import Normalisation
 from pmni_method.export import (
     MeshExtractionError,
     evaluate_sdf_grid,
+    evaluate_sdf_near_surface,
     extract_mesh,
+    volume_to_mesh,
     write_mesh_atomic,
 )
 
@@ -99,6 +101,53 @@ def test_chunking_and_progress():
     # volume[i, j, k] is the SDF at (x_i, y_j, z_k).
     axis = np.linspace(-1, 1, 16)
     assert whole[3, 7, 12] == pytest.approx(np.linalg.norm([axis[3], axis[7], axis[12]]) - RADIUS, abs=1e-6)
+
+
+def bumpy_blobs_sdf(x: torch.Tensor, steepness: float = 1.0) -> torch.Tensor:
+    # Detail at a few voxels' scale, a small floater far from the main surface, and a spike thinner than a cell of
+    # the coarsest grid, which no coarse corner lies inside (a sign-change test alone misses parts of it).
+    wrinkles = 0.04 * torch.sin(14 * x[:, 0]) * torch.sin(11 * x[:, 1]) * torch.cos(9 * x[:, 2])
+    spike = torch.maximum(torch.hypot(x[:, 0] - 0.013, x[:, 1] + 0.011) - 0.012, x[:, 2].abs() - 0.9)
+    return steepness * torch.minimum(two_blobs_sdf(x) + wrinkles, spike)
+
+
+@pytest.mark.parametrize("resolution, steepness", [(129, 1.0), (200, 1.0), (160, 3.0)])
+def test_sparse_grid_gives_the_dense_mesh_from_a_fraction_of_the_queries(resolution: int, steepness: float):
+    queried = [0]
+
+    def sdf(x: torch.Tensor) -> torch.Tensor:
+        queried[0] += len(x)
+        return bumpy_blobs_sdf(x, steepness)
+
+    calls = []
+    dense = evaluate_sdf_grid(sdf, resolution=resolution)
+    queried[0] = 0
+    sparse = evaluate_sdf_near_surface(
+        sdf, resolution=resolution, coarsest=32, chunk=50_000, progress=lambda d, t: calls.append((d, t))
+    )
+    assert queried[0] < 0.45 * resolution**3
+    assert calls[-1][0] == calls[-1][1] and [d for d, _ in calls] == list(range(1, len(calls) + 1))
+    a, b = volume_to_mesh(dense, keep_largest=False), volume_to_mesh(sparse, keep_largest=False)
+    assert len(a.split(only_watertight=False)) == 2  # the floater is found too
+    np.testing.assert_array_equal(a.vertices, b.vertices)
+    np.testing.assert_array_equal(a.faces, b.faces)
+    # Away from the surface the grid keeps the SDF's sign.
+    far = np.abs(dense) > 0.2 * steepness
+    assert (np.sign(dense[far]) == np.sign(sparse[far])).all()
+
+
+def test_sparse_grid_of_a_wrinkled_hash_grid_field_matches_the_dense_one():
+    torch.manual_seed(0)
+    from pmni_method.fields.sdf_field import SDFField, SDFFieldConfig
+
+    field = SDFField(SDFFieldConfig(num_levels=6, features_per_level=2, log2_hashmap_size=12, base_resolution=8,
+                                    per_level_scale=1.5, hash_init_scale=0.05, sphere_init_radius=0.5))
+    sdf = lambda x: field.sdf(x)[:, 0]  # noqa: E731
+    dense = volume_to_mesh(evaluate_sdf_grid(sdf, resolution=97))
+    sparse = volume_to_mesh(evaluate_sdf_near_surface(sdf, resolution=97, coarsest=24))
+    assert len(dense.faces) == len(sparse.faces) > 1000
+    # Different batch sizes may round the MLP's sums differently: equal to float32 precision, not bitwise.
+    np.testing.assert_allclose(dense.vertices, sparse.vertices, atol=1e-5)
 
 
 def test_no_surface_raises():
