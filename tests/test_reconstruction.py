@@ -1,4 +1,4 @@
-"""Real reconstructions through nerfstudio's trainer on CPU: a sphere and the Spot cow, about a minute each."""
+"""Real reconstructions through nerfstudio's trainer on CPU: a sphere and the Spot cow, 30 to 60 s each."""
 
 from __future__ import annotations
 
@@ -28,9 +28,10 @@ def _reconstruct(data_dir: Path, out: Path, iterations: int, rays: int) -> dict:
 
 
 def test_sphere(sphere_dir: Path, tmp_path: Path):
-    metrics = _reconstruct(sphere_dir, tmp_path, iterations=200, rays=512)
-    assert metrics["geometry"]["chamfer_rel_bbox_percent"] < 1.0
-    assert metrics["normals"]["all"]["mae_deg"] < 8.0
+    # 100 steps reach about 0.29 % and 2.2 degrees (200: 0.26 %, 1.9 degrees).
+    metrics = _reconstruct(sphere_dir, tmp_path, iterations=100, rays=512)
+    assert metrics["geometry"]["chamfer_rel_bbox_percent"] < 0.6
+    assert metrics["normals"]["all"]["mae_deg"] < 4.0
 
 
 def test_spot(spot_dir: Path, tmp_path: Path):
