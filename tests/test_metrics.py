@@ -206,6 +206,25 @@ def test_alignment_parameter_undoes_known_similarity():
     print_metrics(aligned)
 
 
+def test_surface_index_answers_near_points_like_trimesh_and_far_points_within_a_coarse_spacing():
+    from pmni_method.alignment import _SurfaceIndex
+
+    sphere = trimesh.creation.icosphere(subdivisions=3)
+    rng = np.random.default_rng(0)
+    index = _SurfaceIndex(sphere, 200_000)
+    near = trimesh.sample.sample_surface(sphere, 300, seed=1)[0] * (1.0 + 0.01 * rng.normal(size=(300, 1)))
+    # Points near the centre are almost equally far from every sample: the case that made the k-d tree crawl.
+    far = rng.normal(size=(300, 3)) * 0.05
+    for points, tolerance in ((near, 1e-9), (far, index._coarse_spacing)):
+        closest, distance, faces = index.closest(points)
+        exact, exact_distance, _ = trimesh.proximity.closest_point(sphere, points)
+        assert np.all(distance >= exact_distance - 1e-12) and np.all(distance <= exact_distance + tolerance)
+        np.testing.assert_allclose(np.linalg.norm(closest - points, axis=1), distance)
+        # Each answer lies on the face it names.
+        np.testing.assert_allclose(np.einsum("ij,ij->i", closest - sphere.triangles[faces][:, 0], sphere.face_normals[faces]), 0.0, atol=1e-12)
+    assert np.mean(index.closest(near)[1] == trimesh.proximity.closest_point(sphere, near)[1]) > 0.8
+
+
 def test_icp_refinement_removes_a_small_alignment_error_but_keeps_the_primary_metrics():
     gt = _asymmetric_mesh()
     c2w = ring_poses(8, 4.0, elevation_deg=20.0)
