@@ -29,9 +29,10 @@ def _run(args, **kwargs) -> subprocess.CompletedProcess:
 
 
 def test_ns_train_lists_methods():
-    out = _run([_ns("ns-train"), "--help"], timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "pmni" in out.stdout and "pmni-fast" in out.stdout
+    # ns-train's method list is nerfstudio's all_methods; a fresh process below shows the entry points load there.
+    from nerfstudio.configs.method_configs import all_methods
+
+    assert {"pmni", "pmni-fast"} <= set(all_methods)
     sub = _run([_ns("ns-train"), "pmni-fast", "diligent-mv-data", "--help"], timeout=300)
     assert sub.returncode == 0, sub.stderr[-2000:]
     assert "--normal-dir" in sub.stdout and "--exclude-views" in sub.stdout
