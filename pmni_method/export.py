@@ -42,6 +42,15 @@ def _infer_device(sdf_fn: SDFFn) -> torch.device:
     return torch.device("cpu")
 
 
+def _check_grid(resolution: int, bounds: Tuple[float, float], chunk: int) -> None:
+    if resolution < 2:
+        raise ValueError(f"resolution must be at least 2, got {resolution}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be positive, got {chunk}")
+    if not float(bounds[1]) > float(bounds[0]):
+        raise ValueError(f"bounds must be (low, high) with low < high, got {bounds}")
+
+
 def evaluate_sdf_grid(
     sdf_fn: SDFFn,
     resolution: int = 256,
@@ -57,13 +66,8 @@ def evaluate_sdf_grid(
     """
     import torch
 
-    if resolution < 2:
-        raise ValueError(f"resolution must be at least 2, got {resolution}")
-    if chunk < 1:
-        raise ValueError(f"chunk must be positive, got {chunk}")
+    _check_grid(resolution, bounds, chunk)
     lo, hi = float(bounds[0]), float(bounds[1])
-    if not hi > lo:
-        raise ValueError(f"bounds must be (low, high) with low < high, got {bounds}")
     device = torch.device(device) if device is not None else _infer_device(sdf_fn)
     axis = torch.linspace(lo, hi, resolution, device=device, dtype=torch.float32)
     total = resolution**3
@@ -182,12 +186,7 @@ def evaluate_sdf_near_surface(
         fine.reshape(-1)[flat] = _evaluate_at(sdf_fn, flat, _grid_axis(res, bounds, device), chunk, counter)
         return fine
 
-    if resolution < 2:
-        raise ValueError(f"resolution must be at least 2, got {resolution}")
-    if chunk < 1:
-        raise ValueError(f"chunk must be positive, got {chunk}")
-    if not float(bounds[1]) > float(bounds[0]):
-        raise ValueError(f"bounds must be (low, high) with low < high, got {bounds}")
+    _check_grid(resolution, bounds, chunk)
     return level(int(resolution))
 
 
