@@ -150,8 +150,9 @@ def evaluate_sdf_near_surface(
     and so is every cell next to one. Elsewhere the fine values are the coarse grid's trilinear interpolation,
     which keeps the corners' common sign. For an SDF that does not grow faster than distance (what the eikonal
     loss trains), every grid cell that marching cubes turns into triangles has exact values at all its corners, so
-    the mesh is the dense grid's; at 256^3 about a tenth of the points are evaluated. A closed surface smaller than
-    a coarse cell that no coarse corner comes near can be missed: ``evaluate_sdf_grid`` evaluates everything.
+    the mesh is the dense grid's; at 256^3 about 15 % of the points are evaluated (the demo's bunny). A closed
+    surface smaller than a coarse cell that no coarse corner comes near can be missed: ``evaluate_sdf_grid``
+    evaluates everything.
     """
     import torch
     import torch.nn.functional as F
