@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 	@echo "==> installed"
 
-# The suite trains many small models (about 19 minutes on 2 idle cores with jemalloc); the slowest tests are listed.
+# The suite trains many small models (17 minutes on 2 idle cores with jemalloc); the slowest tests are listed.
 test: install
 	@$(WITH_JEMALLOC) $(PY) -m pytest --durations=15 -q
 
