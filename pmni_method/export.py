@@ -67,24 +67,16 @@ def evaluate_sdf_grid(
     import torch
 
     _check_grid(resolution, bounds, chunk)
-    lo, hi = float(bounds[0]), float(bounds[1])
     device = torch.device(device) if device is not None else _infer_device(sdf_fn)
-    axis = torch.linspace(lo, hi, resolution, device=device, dtype=torch.float32)
+    axis = _grid_axis(resolution, bounds, device)
     total = resolution**3
     out = np.empty(total, dtype=np.float32)
     num_chunks = (total + chunk - 1) // chunk
     with torch.no_grad():
         for c in range(num_chunks):
             start, stop = c * chunk, min((c + 1) * chunk, total)
-            # Points are generated per chunk so that a 512^3 grid never sits in memory as (R^3, 3) coordinates.
-            flat = torch.arange(start, stop, device=device, dtype=torch.int64)
-            i = flat // (resolution * resolution)
-            j = (flat // resolution) % resolution
-            k = flat % resolution
-            sdf = sdf_fn(torch.stack([axis[i], axis[j], axis[k]], dim=-1)).reshape(-1)
-            if sdf.shape[0] != stop - start:
-                raise ValueError(f"sdf_fn returned {sdf.shape[0]} values for {stop - start} points; expected one each")
-            out[start:stop] = sdf.detach().float().cpu().numpy()
+            # Indices are generated per chunk so that a 512^3 grid never sits in memory as (R^3, 3) coordinates.
+            out[start:stop] = _sdf_at_grid_points(sdf_fn, axis, torch.arange(start, stop, device=device))
             if progress is not None:
                 progress(c + 1, num_chunks)
     return out.reshape(resolution, resolution, resolution)
@@ -105,8 +97,22 @@ class _ChunkCounter:
 def _grid_axis(resolution: int, bounds: Tuple[float, float], device: "torch.device") -> "torch.Tensor":
     import torch
 
-    # The same coordinates as the dense grid, so that values evaluated near the surface match it.
+    # One definition for both grids, so that values evaluated near the surface match the dense grid's.
     return torch.linspace(float(bounds[0]), float(bounds[1]), resolution, device=device, dtype=torch.float32)
+
+
+def _sdf_at_grid_points(sdf_fn: SDFFn, axis: "torch.Tensor", index: "torch.Tensor") -> np.ndarray:
+    """SDF (float32) at the grid points with flat indices ``index`` (row-major over (R, R, R), R = len(axis))."""
+    import torch
+
+    resolution = axis.shape[0]
+    i = index // (resolution * resolution)
+    j = (index // resolution) % resolution
+    k = index % resolution
+    sdf = sdf_fn(torch.stack([axis[i], axis[j], axis[k]], dim=-1)).reshape(-1)
+    if sdf.shape[0] != len(index):
+        raise ValueError(f"sdf_fn returned {sdf.shape[0]} values for {len(index)} points; expected one each")
+    return sdf.detach().float().cpu().numpy()
 
 
 def _evaluate_at(
@@ -115,20 +121,13 @@ def _evaluate_at(
     """SDF at the grid points with flat indices ``flat`` (row-major over (R, R, R))."""
     import torch
 
-    resolution = axis.shape[0]
     out = np.empty(len(flat), dtype=np.float32)
     starts = range(0, len(flat), chunk)
     counter.total += len(starts)
     with torch.no_grad():
         for start in starts:
             index = torch.from_numpy(flat[start : start + chunk]).to(axis.device)
-            i = index // (resolution * resolution)
-            j = (index // resolution) % resolution
-            k = index % resolution
-            sdf = sdf_fn(torch.stack([axis[i], axis[j], axis[k]], dim=-1)).reshape(-1)
-            if sdf.shape[0] != len(index):
-                raise ValueError(f"sdf_fn returned {sdf.shape[0]} values for {len(index)} points; expected one each")
-            out[start : start + len(index)] = sdf.detach().float().cpu().numpy()
+            out[start : start + len(index)] = _sdf_at_grid_points(sdf_fn, axis, index)
             counter.step()
     return out
 
