@@ -504,6 +504,9 @@ import os, signal, sys
 from pmni_method import synth
 from pmni_method.scripts import synth as synth_cli
 folder, mesh = sys.argv[1:3]
+# A job started in the background by a non-interactive shell inherits SIGINT as ignored, and Python then installs no
+# Ctrl-C handler: restore the one a terminal's foreground process has.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 real, calls = synth.render_view, []
 def render_view(*args, **kwargs):
     calls.append(1)
