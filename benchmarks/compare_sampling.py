@@ -10,9 +10,11 @@ from pathlib import Path
 import torch
 from pmni_method.data.diligent_mv import load_diligent_mv, split_indices
 from pmni_method.data.raystore import RayStore
-from pmni_method.models.core import PMNICore, core_config_for, normal_angular_error_deg
+from pmni_method.models.core import PMNICore, core_config_for
 from pmni_method.models.presets import core_preset
 from pmni_method.models.step import train_step
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from render_vs_mesh import heldout_normal_errors  # noqa: E402
 torch.set_num_threads(2)
 HELD = [0, 4, 8, 12, 16]
 data = load_diligent_mv(Path("/tmp/core-bench/bunny20"), downscale_factor=4)
@@ -32,21 +34,10 @@ for name, (path, over) in runs.items():
 for name, c in cores.items():
     if name == "after_noprune":
         continue
-    comp, surf, hits, spr, n = [], [], [], [], 0
     t0 = time.perf_counter()
-    for v in range(held.num_views):
-        idx = held.image_indices(v)
-        for chunk in idx.split(4096):
-            b = held.rays_for(chunk)
-            with torch.no_grad():
-                o = c.render(b["origins"], b["directions"], b["directions_norm"])
-            m = b["fg_mask"][:, 0] > 0.5
-            h = m & (o["surface_hit"][:, 0] > 0.5)
-            comp.append(normal_angular_error_deg(o["normal"][m], b["normal"][m]))
-            surf.append(normal_angular_error_deg(o["surface_normal"][h], b["normal"][h]))
-            hits.append(float(h.sum())); n += int(m.sum()); spr.append(o["num_samples"][:, 0])
-    print(f"{name}: held-out normal_mae_deg={float(torch.cat(comp).mean()):.2f} surface_normal_mae_deg={float(torch.cat(surf).mean()):.2f}"
-          f" hit={sum(hits)/n:.3f} eval_spr(all pixels)={float(torch.cat(spr).mean()):.2f} inv_s={float(c.inv_s()):.0f} render_s={time.perf_counter()-t0:.1f}", flush=True)
+    e = heldout_normal_errors(c, held)
+    print(f"{name}: held-out normal_mae_deg={float(e['composited'].mean()):.2f} surface_normal_mae_deg={float(e['zero_crossing'].mean()):.2f}"
+          f" hit={int(e['hit'])/int(e['inside']):.3f} eval_spr(all pixels)={float(e['num_samples'].mean()):.2f} inv_s={float(c.inv_s()):.0f} render_s={time.perf_counter()-t0:.1f}", flush=True)
 marched = {k: [] for k in cores}; times = {k: [] for k in cores}; sprs = {k: [] for k in cores}
 for rep in range(int(sys.argv[3]) if len(sys.argv) > 3 else 8):
     batch = train.sample(1024)

@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 
@@ -28,6 +28,28 @@ from pmni_method.data.diligent_mv import load_diligent_mv, split_indices  # noqa
 from pmni_method.data.raystore import RayStore  # noqa: E402
 from pmni_method.models.core import PMNICore, core_config_for, normal_angular_error_deg  # noqa: E402
 from pmni_method.models.presets import core_preset  # noqa: E402
+
+
+def heldout_normal_errors(core: PMNICore, held: RayStore, chunk: int = 4096) -> Dict[str, torch.Tensor]:
+    """Per-pixel angular errors (degrees) of every view in ``held``: ``composited`` normals inside the masks,
+    ``zero_crossing`` SDF gradients where a ray hits the surface inside them; ``num_samples`` per pixel, and the
+    ``inside``/``hit`` pixel counts."""
+    composited, surface, samples, inside_count, hit_count = [], [], [], 0, 0
+    for view in range(held.num_views):
+        for part in held.image_indices(view).split(chunk):
+            batch = held.rays_for(part)
+            with torch.no_grad():
+                out = core.render(batch["origins"], batch["directions"], batch["directions_norm"])
+            inside = batch["fg_mask"][:, 0] > 0.5
+            hit = inside & (out["surface_hit"][:, 0] > 0.5)
+            composited.append(normal_angular_error_deg(out["normal"][inside], batch["normal"][inside]))
+            surface.append(normal_angular_error_deg(out["surface_normal"][hit], batch["normal"][hit]))
+            samples.append(out["num_samples"][:, 0])
+            inside_count, hit_count = inside_count + int(inside.sum()), hit_count + int(hit.sum())
+    return {
+        "composited": torch.cat(composited), "zero_crossing": torch.cat(surface), "num_samples": torch.cat(samples),
+        "inside": torch.tensor(inside_count), "hit": torch.tensor(hit_count),
+    }
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -51,18 +73,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     core.load_state_dict(state["core"])
     core.set_step(int(state["step"]))
     core.eval()
-    composited, surface = [], []
-    for view in range(held.num_views):
-        for chunk in held.image_indices(view).split(args.chunk):
-            batch = held.rays_for(chunk)
-            with torch.no_grad():
-                out = core.render(batch["origins"], batch["directions"], batch["directions_norm"])
-            inside = batch["fg_mask"][:, 0] > 0.5
-            hit = inside & (out["surface_hit"][:, 0] > 0.5)
-            composited.append(normal_angular_error_deg(out["normal"][inside], batch["normal"][inside]))
-            surface.append(normal_angular_error_deg(out["surface_normal"][hit], batch["normal"][hit]))
-    rendered = float(torch.cat(composited).mean())
-    zero_crossing = float(torch.cat(surface).mean())
+    errors = heldout_normal_errors(core, held, args.chunk)
+    rendered, zero_crossing = float(errors["composited"].mean()), float(errors["zero_crossing"].mean())
     mesh = json.loads((args.run / "metrics.json").read_text())["evaluation"]["normals"]["heldout"]["mae_deg"]
     print(json.dumps({
         "run": str(args.run), "step": int(state["step"]), "heldout": args.heldout,
