@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pmni_method.train_core import set_fields  # noqa: E402
 from pmni_method.data.diligent_mv import load_diligent_mv, split_indices  # noqa: E402
 from pmni_method.data.raystore import RayStore  # noqa: E402
-from pmni_method.models.core import PMNICore, core_config_for, normal_angular_error_deg  # noqa: E402
+from pmni_method.models.core import PMNICore, core_config_for, normal_angular_error_deg, surface_normal_errors  # noqa: E402
 from pmni_method.models.presets import core_preset  # noqa: E402
 
 
@@ -41,9 +41,9 @@ def heldout_normal_errors(core: PMNICore, held: RayStore, chunk: int = 4096) -> 
             with torch.no_grad():
                 out = core.render(batch["origins"], batch["directions"], batch["directions_norm"])
             inside = batch["fg_mask"][:, 0] > 0.5
-            hit = inside & (out["surface_hit"][:, 0] > 0.5)
             composited.append(normal_angular_error_deg(out["normal"][inside], batch["normal"][inside]))
-            surface.append(normal_angular_error_deg(out["surface_normal"][hit], batch["normal"][hit]))
+            surface_err, hit = surface_normal_errors(out, batch["normal"], inside)
+            surface.append(surface_err)
             samples.append(out["num_samples"][:, 0])
             inside_count, hit_count = inside_count + int(inside.sum()), hit_count + int(hit.sum())
     return {

@@ -549,6 +549,13 @@ def normal_angular_error_deg(pred: Tensor, target: Tensor) -> Tensor:
     return torch.rad2deg(torch.acos((p * t).sum(-1).clamp(-1.0, 1.0)))
 
 
+def surface_normal_errors(outputs: Dict[str, Any], target: Tensor, inside: Tensor) -> Tuple[Tensor, Tensor]:
+    """Angular errors (degrees) of the SDF gradient at each ray's first zero crossing against ``target``, over the
+    ``inside`` (boolean) rays that have a crossing, and the boolean mask of those rays."""
+    hit = inside & (outputs["surface_hit"][..., 0] > 0.5)
+    return normal_angular_error_deg(outputs["surface_normal"][hit], target[hit]), hit
+
+
 def core_config_for(
     config: PMNICoreConfig, data: Any, device: Optional[torch.device | str], init_radius_from_masks: bool = True
 ) -> PMNICoreConfig:

@@ -31,7 +31,9 @@ from pmni_method.data.types import MultiViewNormalData
 from pmni_method.fields.sdf_field import SDFField, SDFFieldConfig
 from pmni_method.models import step as core_step
 from pmni_method.models.consistency import MultiViewConsistencyConfig
-from pmni_method.models.core import PMNICore, PMNICoreConfig, core_config_for, normal_angular_error_deg
+from pmni_method.models.core import (
+    PMNICore, PMNICoreConfig, core_config_for, normal_angular_error_deg, surface_normal_errors,
+)
 from pmni_method.models.pose_polish import PosePolishConfig, PosePolisher
 from pmni_method.models.presets import pose_free_consistency, pose_settings
 from pmni_method.models.schedule import LRScheduleConfig
@@ -255,9 +257,8 @@ class PMNIModel(Model):
         surface_err = torch.zeros(0, device=device)
         hit_fraction = float("nan")
         if "surface_normal" in outputs and bool(mask.any()):
-            hit = mask & (outputs["surface_hit"][..., 0] > 0.5)
+            surface_err, hit = surface_normal_errors(outputs, gt, mask)
             hit_fraction = float(hit.sum() / mask.sum())
-            surface_err = normal_angular_error_deg(outputs["surface_normal"][hit], gt[hit])
         metrics = {
             "normal_mae_deg": float(err.mean()) if err.numel() else float("nan"),
             "surface_normal_mae_deg": float(surface_err.mean()) if surface_err.numel() else float("nan"),
