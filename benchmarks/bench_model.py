@@ -5,8 +5,9 @@ Modes:
 ``throughput``  iterations/s, rays/s and peak RSS of our training step; in the same run, the ratio to a plain
                 autodiff NeuS step (written out below) at the same rays and samples, and analytic vs
                 finite-difference vs autodiff SDF gradients.
-``quality``     train a preset on a synthetic dataset with held-out views for a wall-clock budget; mesh and
-                evaluate (Chamfer, F-score, held-out normal MAE, world units) at fixed times.
+``quality``     train a preset with train_core's step (``--resolution-schedule`` as there) on a synthetic dataset
+                with held-out views for a wall-clock budget; mesh and evaluate (Chamfer, F-score, held-out
+                normal MAE, world units) at fixed times.
 ``sphere``      reconstruct the analytic-sphere dataset for ~1 minute and check the Chamfer distance.
 
 Examples::
@@ -40,6 +41,8 @@ from pmni_method.models.presets import CorePreset, core_preset, with_iterations 
 from pmni_method.models.rendering import accumulate, neus_alpha, render_weights  # noqa: E402
 from pmni_method.models.sampler import sphere_near_far  # noqa: E402
 from pmni_method.models.step import train_step as core_train_step  # noqa: E402
+from pmni_method.data.pyramid import ResolutionScheduleConfig  # noqa: E402
+from pmni_method.train_core import CoreRun, apply_core_settings, build_run, optimise  # noqa: E402
 
 
 def peak_rss_mib() -> float:
@@ -71,36 +74,25 @@ def train_step(core: PMNICore, opt: torch.optim.Optimizer, sched, store: RayStor
 
 
 def train_plain(
-    core: PMNICore,
-    preset: CorePreset,
-    store: RayStore,
+    run: CoreRun,
     seconds: Optional[float] = None,
     on_time: Sequence[float] = (),
     callback: Optional[Callable[[float, int], None]] = None,
     log_every: int = 100,
 ) -> int:
-    """Train for ``preset.max_num_iterations`` steps or ``seconds``; ``callback(t, step)`` at each ``on_time``.
+    """Train ``run`` with train_core's own step (consistency term, resolution schedule, gradient ceilings) for its
+    preset's steps or ``seconds``; ``callback(t, step)`` at each ``on_time``.
 
     Time spent in callbacks is not counted as training time.
     """
-    opt, sched = make_optimizer(core, preset)
     pending = sorted(on_time)
     trained = 0.0
     step = 0
-    while step < preset.max_num_iterations:
+    while step < run.preset.max_num_iterations:
         t0 = time.perf_counter()
-        info = train_step(core, opt, sched, store, preset.train_num_rays_per_batch, step)
+        optimise(run, step, log=lambda line: print(f"t={trained:6.1f}s {line}", flush=True), log_every=log_every)
         trained += time.perf_counter() - t0
         step += 1
-        if log_every and step % log_every == 0:
-            m = core.metrics(info["out"], info["batch"])
-            print(
-                f"step {step:5d} t={trained:6.1f}s loss={info['loss']:.4f} "
-                + " ".join(f"{k}={v:.4f}" for k, v in info.items() if k.endswith("_loss"))
-                + f" s={float(m['inv_s']):.0f} spr={float(m['samples_per_ray']):.1f} occ={float(m['occupancy']):.3f}"
-                + f" lv={int(m['active_levels'])} mae={float(m.get('normal_mae_deg', float('nan'))):.2f}",
-                flush=True,
-            )
         while pending and trained >= pending[0]:
             if callback is not None:
                 callback(pending.pop(0), step)
@@ -234,34 +226,34 @@ def run_quality(args: argparse.Namespace) -> None:
     data_dir = Path(args.data)
     data = load_diligent_mv(data_dir, downscale_factor=args.downscale)
     train_data = data.subset(split_indices(data.view_ids, args.heldout, "train"))
-    store = RayStore(train_data, seed=args.seed)
     preset = core_preset(args.preset)
     if args.iterations:
         preset = with_iterations(preset, args.iterations)
     if args.rays:
         preset.train_num_rays_per_batch = args.rays
-    for item in args.set or []:
-        key, value = item.split("=", 1)
-        target = preset.core
-        *path, last = key.split(".")
-        for p in path:
-            target = getattr(target, p)
-        old = getattr(target, last)
-        setattr(target, last, type(old)(value) if not isinstance(old, bool) else value.lower() in ("1", "true"))
-    torch.manual_seed(args.seed)
-    core = PMNICore(preset.core)
+    preset = apply_core_settings(preset, args.set or [])
+    schedule = ResolutionScheduleConfig(factors=tuple(args.resolution_schedule), switch_at=tuple(args.switch_at))
+    run = build_run(preset, train_data, seed=args.seed, resolution_schedule=schedule)
+    print(run.rays.describe(preset.train_num_rays_per_batch, run.core.total_steps), flush=True)
     report = []
 
     def callback(t: float, step: int) -> None:
         t0 = time.perf_counter()
-        m = summarise(mesh_and_evaluate(core, data_dir, data, args.heldout, args.downscale, args.mesh_resolution))
+        m = summarise(mesh_and_evaluate(run.core, data_dir, data, args.heldout, args.downscale, args.mesh_resolution))
         m.update({"train_seconds": t, "step": step, "eval_seconds": time.perf_counter() - t0})
         report.append(m)
         print("EVAL", json.dumps(m), flush=True)
 
     seconds = args.minutes * 60.0
-    train_plain(core, preset, store, seconds=seconds, on_time=[60.0 * m for m in args.eval_at], callback=callback, log_every=args.log_every)
-    print(json.dumps({"preset": args.preset, "iterations": preset.max_num_iterations, "rays": preset.train_num_rays_per_batch, "report": report, "peak_rss_mib": peak_rss_mib()}, indent=2))
+    train_plain(run, seconds=seconds, on_time=[60.0 * m for m in args.eval_at], callback=callback, log_every=args.log_every)
+    print(json.dumps({
+        "preset": args.preset,
+        "iterations": preset.max_num_iterations,
+        "rays": preset.train_num_rays_per_batch,
+        "resolution_schedule": {"factors": list(schedule.factors), "switch_at": list(schedule.switch_at)},
+        "report": report,
+        "peak_rss_mib": peak_rss_mib(),
+    }, indent=2))
 
 
 def sphere_dataset(num_views: int = 12, size: int = 64, radius: float = 0.6) -> MultiViewNormalData:
@@ -295,19 +287,17 @@ def sphere_dataset(num_views: int = 12, size: int = 64, radius: float = 0.6) -> 
 def run_sphere(args: argparse.Namespace) -> None:
     """Plain-loop version of the end-to-end test: a sphere of radius 0.6 in ~1 minute."""
     data = sphere_dataset()
-    store = RayStore(data, seed=0)
     preset = core_preset("pmni-fast")
     preset = with_iterations(preset, args.iterations or 400)
     preset.train_num_rays_per_batch = args.rays or 512
-    torch.manual_seed(0)
-    core = PMNICore(preset.core)
+    run = build_run(preset, data, seed=0)
     t0 = time.perf_counter()
-    train_plain(core, preset, store, seconds=args.minutes * 60.0, log_every=args.log_every)
-    core.eval()
+    train_plain(run, seconds=args.minutes * 60.0, log_every=args.log_every)
+    run.core.eval()
     pts = torch.randn(20000, 3)
     pts = pts / pts.norm(dim=-1, keepdim=True) * 0.6
     with torch.no_grad():
-        err = core.field.sdf(pts).abs()
+        err = run.core.field.sdf(pts).abs()
     # Surface error along the normal ~ |sdf| at true surface points (the SDF is close to a distance there).
     print(json.dumps({"train_seconds": time.perf_counter() - t0, "mean_abs_sdf_on_true_sphere": float(err.mean()), "max": float(err.max())}))
 
@@ -329,6 +319,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--set", nargs="*", help="override core config fields, e.g. sampler.update_every=16")
+    parser.add_argument("--resolution-schedule", type=int, nargs="*", default=[], help="quality: e.g. 4 2 1")
+    parser.add_argument("--switch-at", type=float, nargs="*", default=[], help="quality: e.g. 0.3 0.6")
     args = parser.parse_args(argv)
     {"throughput": run_throughput, "quality": run_quality, "sphere": run_sphere}[args.mode](args)
 
