@@ -254,7 +254,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument(
         "--core-set", action="append", default=[], metavar="FIELD=VALUE",
-        help="set a PMNICoreConfig field (e.g. normal_loss_type=cauchy, loss_schedule.pose_free_mvc=8); repeatable",
+        help="set a PMNICoreConfig field (e.g. normal_loss_type=cauchy, loss_schedule.pose_free_mvc=8, "
+        "loss_schedule.stages.2.mask=1); repeatable",
     )
     parser.add_argument(
         "--consistency-set", action="append", default=[], metavar="FIELD=VALUE",
@@ -281,6 +282,16 @@ def _set_field(config: Any, path: List[str], text: str, where: str) -> Any:
     if name not in fields:
         raise ValueError(f"{where}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
     current = getattr(config, name)
+    if isinstance(current, tuple) and len(path) > 1 and all(dataclasses.is_dataclass(x) for x in current):
+        # A tuple of configs (the loss stages): ``stages.2.mask=0.5`` as ns-train's ``--...stages.2.mask 0.5``.
+        index = path[1]
+        if not index.isdigit() or int(index) >= len(current):
+            raise ValueError(f"{where}: {name} has {len(current)} entries; use {name}.0 to {name}.{len(current) - 1}")
+        if len(path) == 2:
+            raise ValueError(f"{where}: {name}.{index} is a nested config; set one of its fields as {name}.{index}.FIELD")
+        items = list(current)
+        items[int(index)] = _set_field(items[int(index)], path[2:], text, where)
+        return dataclasses.replace(config, **{name: tuple(items)})
     if dataclasses.is_dataclass(current):
         if len(path) == 1:
             raise ValueError(f"{where}: {name} is a nested config; set one of its fields as {name}.FIELD")

@@ -114,9 +114,14 @@ def test_core_set_types_values_and_refuses_unknown_fields() -> None:
     nested = apply_core_settings(core_preset("pmni-fast"), ["loss_schedule.pose_free_mvc=8", "sampler.grid_resolution=96"])
     assert (nested.core.loss_schedule.pose_free_mvc, nested.core.sampler.grid_resolution) == (8.0, 96)
     assert core_preset("pmni-fast").core.sampler.grid_resolution == 64
+    staged = apply_core_settings(core_preset("pmni-fast"), ["loss_schedule.stages.2.mask=0.5"])
+    assert [s.mask for s in staged.core.loss_schedule.stages] == [3.0, 5.0, 0.5]
+    assert core_preset("pmni-fast").core.loss_schedule.stages[2].mask == 5.0
     for bad, words in (
         ("no_such=1", "FIELD=VALUE"), ("grazing_cos=x", "takes a float"), ("sampler=1", "nested"),
         ("sampler.nope=1", "FIELD=VALUE"), ("grazing_cos.x=1", "not a nested"), ("loss_schedule.stages=1", "takes a tuple"),
+        ("loss_schedule.stages.3.mask=1", "use stages.0 to stages.2"), ("loss_schedule.stages.x.mask=1", "3 entries"),
+        ("loss_schedule.stages.1=1", "nested config"), ("loss_schedule.stages.1.nope=1", "FIELD=VALUE"),
     ):
         with pytest.raises(ValueError, match=words):
             apply_core_settings(core_preset("pmni-fast"), [bad])
