@@ -50,8 +50,9 @@ def test_poses_survive_checkpoints_and_reach_viewer_export_and_eval(sphere_dir: 
     assert data.normal_space == "camera" and trained.model.targets_follow_poses
     assert not np.allclose(refined, data.c2w, atol=1e-4)  # the poses moved
     refiner = trained.model.camera_optimizer.poses
-    # The frozen camera stays exactly where recentring put it.
-    np.testing.assert_array_equal(refined[0], (refiner.start[0] @ refiner.c2w_init[0]).double().numpy())
+    # The frozen camera stays where recentring put it. Up to float32 rounding of the product (a clean-clone CI run
+    # differed by 2.4e-7 there); a camera that moved would differ by far more than 1e-6.
+    np.testing.assert_allclose(refined[0], (refiner.start[0] @ refiner.c2w_init[0]).double().numpy(), rtol=0, atol=1e-6)
 
     # The last stage adds the consistency term (and reports how many pairs it compared).
     trained.model.train()
