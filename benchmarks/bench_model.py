@@ -20,6 +20,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import sys
@@ -41,8 +42,14 @@ from pmni_method.models.presets import CorePreset, core_preset, with_iterations 
 from pmni_method.models.rendering import accumulate, neus_alpha, render_weights  # noqa: E402
 from pmni_method.models.sampler import sphere_near_far  # noqa: E402
 from pmni_method.models.step import train_step as core_train_step  # noqa: E402
-from pmni_method.data.pyramid import ResolutionScheduleConfig  # noqa: E402
-from pmni_method.train_core import CoreRun, apply_core_settings, build_run, optimise  # noqa: E402
+from pmni_method.train_core import (  # noqa: E402
+    CoreRun,
+    add_resolution_schedule_arguments,
+    apply_core_settings,
+    build_run,
+    optimise,
+    resolution_schedule,
+)
 
 
 def peak_rss_mib() -> float:
@@ -232,7 +239,7 @@ def run_quality(args: argparse.Namespace) -> None:
     if args.rays:
         preset.train_num_rays_per_batch = args.rays
     preset = apply_core_settings(preset, args.set or [])
-    schedule = ResolutionScheduleConfig(factors=tuple(args.resolution_schedule), switch_at=tuple(args.switch_at))
+    schedule = resolution_schedule(args)
     run = build_run(preset, train_data, seed=args.seed, resolution_schedule=schedule)
     print(run.rays.describe(preset.train_num_rays_per_batch, run.core.total_steps), flush=True)
     report = []
@@ -250,7 +257,7 @@ def run_quality(args: argparse.Namespace) -> None:
         "preset": args.preset,
         "iterations": preset.max_num_iterations,
         "rays": preset.train_num_rays_per_batch,
-        "resolution_schedule": {"factors": list(schedule.factors), "switch_at": list(schedule.switch_at)},
+        "resolution_schedule": dataclasses.asdict(schedule) if schedule.enabled else None,
         "report": report,
         "peak_rss_mib": peak_rss_mib(),
     }, indent=2))
@@ -319,8 +326,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--set", nargs="*", help="override core config fields, e.g. sampler.update_every=16")
-    parser.add_argument("--resolution-schedule", type=int, nargs="*", default=[], help="quality: e.g. 4 2 1")
-    parser.add_argument("--switch-at", type=float, nargs="*", default=[], help="quality: e.g. 0.3 0.6")
+    add_resolution_schedule_arguments(parser)  # quality mode, as train_core has them
     args = parser.parse_args(argv)
     {"throughput": run_throughput, "quality": run_quality, "sphere": run_sphere}[args.mode](args)
 

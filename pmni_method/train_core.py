@@ -208,15 +208,9 @@ def save_outputs(
     return metrics
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True, help="dataset folder (DiLiGenT-MV layout)")
-    parser.add_argument("--output", type=Path, required=True, help="folder for checkpoint.pt, mesh.ply, metrics.json")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--preset", default="pmni-fast", choices=["pmni", "pmni-fast"])
-    parser.add_argument("--iterations", type=int, default=0, help="run length (0: the preset's); every schedule follows")
-    parser.add_argument("--rays", type=int, default=0, help="rays per batch (0: the preset's)")
-    parser.add_argument("--downscale-factor", type=int, default=1, help="load the images block-averaged by this")
+def add_resolution_schedule_arguments(parser: argparse.ArgumentParser) -> None:
+    """The resolution schedule's options (``--resolution-schedule``, ``--switch-at``, ``--rays-follow-pixels``,
+    ``--min-rays-per-batch``); :func:`resolution_schedule` reads them back."""
     parser.add_argument(
         "--resolution-schedule", type=int, nargs="*", default=[], metavar="FACTOR",
         help="train coarse to fine: downscale factors of the loaded images, ending at 1 (e.g. 4 2 1); default off",
@@ -233,6 +227,26 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         "--min-rays-per-batch", type=int, default=ResolutionScheduleConfig.min_rays_per_batch,
         help="with --resolution-schedule: floor of a coarse level's rays per batch",
     )
+
+
+def resolution_schedule(args: argparse.Namespace) -> ResolutionScheduleConfig:
+    """The schedule the options of :func:`add_resolution_schedule_arguments` describe (not yet validated)."""
+    return ResolutionScheduleConfig(
+        factors=tuple(args.resolution_schedule), switch_at=tuple(args.switch_at),
+        rays_follow_pixels=args.rays_follow_pixels, min_rays_per_batch=args.min_rays_per_batch,
+    )
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="dataset folder (DiLiGenT-MV layout)")
+    parser.add_argument("--output", type=Path, required=True, help="folder for checkpoint.pt, mesh.ply, metrics.json")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--preset", default="pmni-fast", choices=["pmni", "pmni-fast"])
+    parser.add_argument("--iterations", type=int, default=0, help="run length (0: the preset's); every schedule follows")
+    parser.add_argument("--rays", type=int, default=0, help="rays per batch (0: the preset's)")
+    parser.add_argument("--downscale-factor", type=int, default=1, help="load the images block-averaged by this")
+    add_resolution_schedule_arguments(parser)
     parser.add_argument("--exclude-views", type=int, nargs="*", default=[], help="view ids held out of training")
     parser.add_argument("--normal-dir", default="auto", help="auto: world-space maps if calibrated, else camera-space")
     parser.add_argument("--pose-init", default="gt", choices=["gt", "noisy", "ring", "file"])
@@ -322,10 +336,7 @@ def apply_core_settings(preset: CorePreset, settings: Sequence[str]) -> CorePres
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    schedule = ResolutionScheduleConfig(
-        factors=tuple(args.resolution_schedule), switch_at=tuple(args.switch_at),
-        rays_follow_pixels=args.rays_follow_pixels, min_rays_per_batch=args.min_rays_per_batch,
-    )
+    schedule = resolution_schedule(args)
     try:
         schedule.validate()
     except ValueError as err:
