@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -242,32 +242,46 @@ class ReferenceMaps:
     """How far the stored (training) maps and masks are from these, when they differ."""
 
 
-def reference_maps(data_dir: Path, data: MultiViewNormalData, downscale_factor: int = 1) -> ReferenceMaps:
-    """The maps a mesh is scored against. A dataset with input errors (``pmni-synth --realistic`` and the like)
-    keeps the truth beside the stored maps (``normal_world_space_true/``, ``mask_true/``, the true K in
-    ``cameras_gt.npz``): scoring against the stored maps would reward reproducing their errors."""
-    norm = data.normalisation
-    stored_normals = norm.normals_to_world(np.asarray(data.normals, dtype=np.float64))
+def true_inputs(
+    data_dir: Path, data: MultiViewNormalData, downscale_factor: int = 1
+) -> Optional[Tuple[MultiViewNormalData, bool]]:
+    """``data`` as it truly is, where the dataset keeps the truth beside perturbed inputs (``pmni-synth
+    --realistic`` and the like): the true maps and masks, and the true intrinsics of ``cameras_gt.npz`` when it
+    has them (the second element says whether it did); poses stay ``data``'s (``gt_c2w`` holds the true ones).
+    None without true maps."""
     if not ((data_dir / TRUE_WORLD_NORMAL_DIR).is_dir() and (data_dir / TRUE_MASK_DIR).is_dir()):
-        return ReferenceMaps(data.K, np.asarray(data.masks, dtype=bool), stored_normals, "stored maps (no true maps)")
+        return None
     true = load_diligent_mv(
         data_dir, normal_dir=TRUE_WORLD_NORMAL_DIR, mask_dir=TRUE_MASK_DIR, downscale_factor=downscale_factor,
         load_depth=False, data_checks="off",
     )
     if true.view_ids != data.view_ids:
         raise EvaluationInputError(f"{data_dir / TRUE_WORLD_NORMAL_DIR}: views {true.view_ids} differ from {data.view_ids}")
-    K = data.K
-    label = f"true maps ({TRUE_WORLD_NORMAL_DIR}/, {TRUE_MASK_DIR}/)"
     gt_cameras = data_dir / GT_CAMERAS_FILE
     if gt_cameras.is_file():
         arrays = read_npz(gt_cameras)
         if all(f"world_mat_{v}" in arrays for v in data.view_ids):
-            K_full = read_cameras(gt_cameras, arrays, data.view_ids, scale_mat=norm.scale_mat)[0]
+            K_full = read_cameras(gt_cameras, arrays, data.view_ids, scale_mat=data.normalisation.scale_mat)[0]
             K = downscale_intrinsics(K_full, downscale_factor) if downscale_factor > 1 else K_full
-            label += f", true intrinsics ({GT_CAMERAS_FILE})"
+            return replace(true, K=K), True
+    return replace(true, K=data.K), False
+
+
+def reference_maps(data_dir: Path, data: MultiViewNormalData, downscale_factor: int = 1) -> ReferenceMaps:
+    """The maps a mesh is scored against. A dataset with input errors keeps the truth beside the stored maps
+    (:func:`true_inputs`): scoring against the stored maps would reward reproducing their errors."""
+    norm = data.normalisation
+    stored_normals = norm.normals_to_world(np.asarray(data.normals, dtype=np.float64))
+    truth = true_inputs(data_dir, data, downscale_factor)
+    if truth is None:
+        return ReferenceMaps(data.K, np.asarray(data.masks, dtype=bool), stored_normals, "stored maps (no true maps)")
+    true, true_intrinsics = truth
+    label = f"true maps ({TRUE_WORLD_NORMAL_DIR}/, {TRUE_MASK_DIR}/)"
+    if true_intrinsics:
+        label += f", true intrinsics ({GT_CAMERAS_FILE})"
     true_masks = np.asarray(true.masks, dtype=bool)
     true_normals = true.normalisation.normals_to_world(np.asarray(true.normals, dtype=np.float64))
-    return ReferenceMaps(K, true_masks, true_normals, label, input_error(stored_normals, data.masks, true_normals, true_masks))
+    return ReferenceMaps(true.K, true_masks, true_normals, label, input_error(stored_normals, data.masks, true_normals, true_masks))
 
 
 def input_error(

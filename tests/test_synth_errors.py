@@ -397,7 +397,7 @@ def test_views_that_miss_the_object_stay_empty(make_tiny_dataset, tmp_path):
 
 
 def test_pmni_eval_scores_against_the_truth_and_reports_the_inputs_error(realistic):
-    from pmni_method.evaluation import evaluate, reference_maps
+    from pmni_method.evaluation import evaluate, reference_maps, true_inputs
 
     # The true sphere scored against the perturbed maps would read their ~7 degrees of error as its own.
     metrics = evaluate(realistic / layout.GT_MESH_FILE, realistic)
@@ -413,11 +413,17 @@ def test_pmni_eval_scores_against_the_truth_and_reports_the_inputs_error(realist
         np.testing.assert_allclose(ref.K[pos], true_K[i][0], rtol=1e-9, atol=1e-9)
         np.testing.assert_array_equal(ref.masks[pos], _maps(realistic, i, truth=True)[0])
     assert not np.allclose(ref.K, data.K)
+    # The same truth as a dataset (what benchmarks render against): true maps, masks and intrinsics.
+    true, true_intrinsics = true_inputs(realistic, data)
+    assert true_intrinsics and true.view_ids == data.view_ids
+    np.testing.assert_array_equal(true.K, ref.K)
+    np.testing.assert_array_equal(true.masks, ref.masks)
 
 
 def test_pmni_eval_of_a_clean_dataset_uses_its_own_maps(clean):
-    from pmni_method.evaluation import evaluate
+    from pmni_method.evaluation import evaluate, true_inputs
 
     metrics = evaluate(clean / layout.GT_MESH_FILE, clean)
     assert metrics["input_maps_error"] is None and metrics["reference_maps"].startswith("stored maps")
+    assert true_inputs(clean, load_diligent_mv(clean, data_checks="off")) is None
     assert metrics["normals"]["all"]["mae_deg"] < 1.5
