@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pmni_method.fields.sdf_field import SDFFieldConfig
+from pmni_method.models import losses as L
 from pmni_method.models.core import PMNICore, PMNICoreConfig
 from pmni_method.models.rendering import accumulate, neus_alpha, render_weights
 from pmni_method.models.sampler import OccupancyGrid, OccupancySamplerConfig, alpha_band, sphere_near_far
@@ -272,3 +273,46 @@ def test_surface_normal_loss_supervises_the_gradient_at_the_zero_crossing() -> N
     grad = core.field.layers[0].weight.grad
     assert grad is not None and float(grad.abs().sum()) > 0
     assert "surface_normal_loss" not in small_core().losses(small_core().render(o, d), batch)
+
+
+def test_boundary_bands_leave_boundary_pixels_out_of_their_losses() -> None:
+    """``normal_boundary_px`` drops foreground rays near a mask boundary from both normal losses (the rest score
+    as they would alone), ``mask_boundary_px`` drops them from the mask loss; the other terms stay."""
+    core = small_core(surface_normal_weight=0.5, inv_s_min=400.0, inv_s_step_factor=8.0, inv_s_floor_factor=8.0)
+    core.update_grid()
+    core.train()
+    n = 16
+    o = torch.tensor([[0.0, 0.0, -3.0]]).repeat(n, 1)
+    d = torch.nn.functional.normalize(torch.randn(n, 3) * 0.05 + torch.tensor([0.0, 0.0, 1.0]), dim=-1)
+    out = core.render(o, d)
+    target = torch.nn.functional.normalize(torch.randn(n, 3), dim=-1)
+    near = torch.zeros(n, dtype=torch.bool)
+    near[:6] = True
+    fg = torch.ones(n, 1)
+    batch = {"normal": target, "fg_mask": fg, "mask_boundary_px": torch.where(near, 1.0, 5.0)[:, None]}
+
+    base = core.config
+
+    def losses(**settings: float) -> dict:
+        core.config = dataclasses.replace(base, **settings)
+        return core.losses(out, batch)
+
+    plain = losses()
+    banded = losses(normal_boundary_px=2.0)
+    w = core.loss_weights(False)["normal"]
+    torch.testing.assert_close(banded["normal_loss"], w * L.normal_loss(out["normal"][~near], target[~near], fg[~near]))
+    hit = out["samples"]["surface_rays"]
+    grad = out["samples"]["surface_gradients"]
+    keep = ~near[hit]
+    assert 0 < int(keep.sum()) < hit.numel()
+    unit = torch.nn.functional.normalize(grad[keep], dim=-1)
+    torch.testing.assert_close(banded["surface_normal_loss"], w * 0.5 * L.normal_loss(unit, target[hit][keep], fg[hit][keep]))
+    for key in ("normal_loss", "surface_normal_loss"):
+        assert abs(float(banded[key]) - float(plain[key])) > 1e-3 * float(plain[key])
+    torch.testing.assert_close(banded["mask_loss"], plain["mask_loss"])
+    # A band narrower than every pixel's distance changes nothing.
+    torch.testing.assert_close(losses(normal_boundary_px=0.5)["normal_loss"], plain["normal_loss"])
+    masked = losses(mask_boundary_px=2.0)
+    torch.testing.assert_close(masked["normal_loss"], plain["normal_loss"])
+    torch.testing.assert_close(masked["mask_loss"], core.loss_weights(False)["mask"] * L.mask_loss(
+        out["accumulation"][~near], fg[~near], core.config.mask_eps))

@@ -86,6 +86,10 @@ class PMNICoreConfig:
     mask_boundary_px: float = 0.0
     """The mask loss leaves out pixels this close (pixels at training resolution) to a mask boundary (0: off):
     segmenter masks are off by 1-3 px at their boundaries."""
+    normal_boundary_px: float = 0.0
+    """The normal losses leave out foreground pixels this close to a mask boundary (0: off): there the segmenter's
+    boundary error puts target normals off the object and photometric stereo's are at their worst (grazing); other
+    views see those points frontally."""
     mask_eps: float = 1e-3
     """Accumulation is clamped to [eps, 1 - eps] inside the mask BCE."""
     depth_min_pixels: int = 4
@@ -442,7 +446,8 @@ class PMNICore(nn.Module):
 
         ``batch``: ``normal`` [N, 3], ``fg_mask`` [N, 1], optional ``depth`` [N, 1] (camera z, any per-view scale,
         0 where unknown) with ``indices`` [N, 3] or ``camera_indices`` [N(, 1)] to group pixels by view, and
-        ``mask_boundary_px`` [N, 1] (each pixel's distance to its mask's boundary, for ``mask_boundary_px``).
+        ``mask_boundary_px`` [N, 1] (each pixel's distance to its mask's boundary, for ``mask_boundary_px`` and
+        ``normal_boundary_px``).
         The grazing confidence uses the rays as rendered (``outputs["train_rays"]``).
         ``weights``: the schedule's weights when the caller already has them (else those at ``step``).
         """
@@ -458,6 +463,9 @@ class PMNICore(nn.Module):
             rays = outputs.get("train_rays")
             if cfg.grazing_cos > 0 and rays is not None:
                 confidence = L.grazing_weight(target, rays["directions"].detach().to(target), cfg.grazing_cos)
+            if cfg.normal_boundary_px > 0 and batch.get("mask_boundary_px") is not None:
+                inner = (batch["mask_boundary_px"].to(target) > cfg.normal_boundary_px).to(target)
+                confidence = inner if confidence is None else confidence * inner
             out["normal_loss"] = weights["normal"] * L.normal_loss(
                 outputs["normal"], target, fg, cfg.normal_loss_type, confidence, cfg.normal_robust_scale
             )
