@@ -257,14 +257,21 @@ def true_inputs(
     )
     if true.view_ids != data.view_ids:
         raise EvaluationInputError(f"{data_dir / TRUE_WORLD_NORMAL_DIR}: views {true.view_ids} differ from {data.view_ids}")
-    gt_cameras = data_dir / GT_CAMERAS_FILE
-    if gt_cameras.is_file():
-        arrays = read_npz(gt_cameras)
-        if all(f"world_mat_{v}" in arrays for v in data.view_ids):
-            K_full = read_cameras(gt_cameras, arrays, data.view_ids, scale_mat=data.normalisation.scale_mat)[0]
-            K = downscale_intrinsics(K_full, downscale_factor) if downscale_factor > 1 else K_full
-            return replace(true, K=K), True
-    return replace(true, K=data.K), False
+    K = true_intrinsics(data_dir, data, downscale_factor)
+    return (replace(true, K=K), True) if K is not None else (replace(true, K=data.K), False)
+
+
+def true_intrinsics(data_dir: Path, data: MultiViewNormalData, downscale_factor: int = 1) -> Optional[np.ndarray]:
+    """The true intrinsics [V, 3, 3] of ``data``'s views at its resolution, from ``cameras_gt.npz`` (None without
+    one, or when it lacks a view)."""
+    gt_cameras = Path(data_dir) / GT_CAMERAS_FILE
+    if not gt_cameras.is_file():
+        return None
+    arrays = read_npz(gt_cameras)
+    if not all(f"world_mat_{v}" in arrays for v in data.view_ids):
+        return None
+    K_full = read_cameras(gt_cameras, arrays, data.view_ids, scale_mat=data.normalisation.scale_mat)[0]
+    return downscale_intrinsics(K_full, downscale_factor) if downscale_factor > 1 else K_full
 
 
 def reference_maps(data_dir: Path, data: MultiViewNormalData, downscale_factor: int = 1) -> ReferenceMaps:

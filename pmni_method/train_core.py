@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 
 from pmni_method.atomic import atomic_write, write_json_atomic
@@ -35,10 +36,12 @@ from pmni_method.data.types import MultiViewNormalData
 from pmni_method.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, PMNIDataError, print_error
 from pmni_method.models.consistency import MultiViewConsistencyConfig
 from pmni_method.models.core import PMNICore, core_config_for
+from pmni_method.models.intrinsics_model import IntrinsicsModel, IntrinsicsModelConfig
 from pmni_method.models.pose_model import PoseModel, PoseModelConfig
 from pmni_method.models.presets import (
     MAX_GRAD_NORMS,
     CorePreset,
+    GroupOptim,
     core_preset,
     pose_free_consistency,
     pose_settings,
@@ -85,6 +88,7 @@ def build_run(
     seed: int = 0,
     resolution_schedule: Optional[ResolutionScheduleConfig] = None,
     consistency: Optional[MultiViewConsistencyConfig] = None,
+    intrinsics: Optional[IntrinsicsModelConfig] = None,
 ) -> CoreRun:
     """Core, ray store, pose model and optimiser for ``data``; pose refinement on for any start but ``gt`` (or as
     ``refine_poses`` says), decided by the same one switch as ``ns-train`` (:func:`presets.pose_settings`).
@@ -106,6 +110,7 @@ def build_run(
     pyramid = ResolutionPyramid(data, schedule, device, seed=seed, patch_size=patch)
     store = pyramid.finest
     pose_model = PoseModel(pose_config, c2w_init=data.c2w, K=data.K, masks=data.masks).to(device)
+    intrinsics_model = IntrinsicsModel(intrinsics or IntrinsicsModelConfig(), c2w_init=data.c2w).to(device)
     uses_mvc = any(stage.mvc > 0 for stage in preset.core.loss_schedule.stages)
     context = StepContext(
         poses=pose_model,
@@ -113,14 +118,25 @@ def build_run(
         consistency=pose_free_consistency(consistency) if pose_model.enabled else (consistency or MultiViewConsistencyConfig()),
         # Camera-space maps were rotated into the world by the initial poses: they turn with the corrections.
         targets_follow_poses=data.normal_space == "camera",
+        intrinsics=intrinsics_model if intrinsics_model.enabled else None,
     )
-    groups = dict(core.param_groups(), **pose_model.param_groups())
-    settings = dict(preset.optim, camera_opt=preset.pose_optim)
+    groups = dict(core.param_groups(), **pose_model.param_groups(), **intrinsics_model.param_groups())
+    settings = dict(
+        preset.optim, camera_opt=preset.pose_optim, intrinsics=GroupOptim(lr=intrinsics_model.config.lr, eps=1e-8)
+    )
     optimizer = torch.optim.Adam(
         [{"params": groups[name], "lr": settings[name].lr, "eps": settings[name].eps, "name": name} for name in groups]
     )
+    total = preset.max_num_iterations
+
+    def intrinsics_factor(step: int) -> float:
+        # The pose schedule's decay, held at 0 until the surface has formed.
+        return preset.pose_lr_schedule.factor(step) * intrinsics_model.lr_factor(step, total)
+
     lambdas = [
-        (preset.pose_lr_schedule if name == "camera_opt" else preset.lr_schedule).factor for name in groups
+        intrinsics_factor if name == "intrinsics"
+        else (preset.pose_lr_schedule if name == "camera_opt" else preset.lr_schedule).factor
+        for name in groups
     ]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
     return CoreRun(preset, core, store, context, optimizer, scheduler, pyramid)
@@ -169,6 +185,7 @@ def save_outputs(
         "step": step,
         "core": run.core.state_dict(),
         "poses": run.context.poses.state_dict(),
+        "intrinsics": None if run.context.intrinsics is None else run.context.intrinsics.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
         "view_ids": list(data.view_ids),
@@ -195,6 +212,16 @@ def save_outputs(
             metrics["poses"]["rotation_deg_max"] = float(max(report["rotation_deg"]))
             # pmni-eval's alignment of a mesh by its poses (object_alignment), not the centres' fit of the errors.
             aligned_by = poses_beside(mesh_path)
+    if run.context.intrinsics is not None:
+        from pmni_method.evaluation import true_intrinsics  # pylint: disable=import-outside-toplevel
+
+        metrics["intrinsics"] = run.context.intrinsics.report(data.K)
+        true_K = true_intrinsics(data.data_dir, data, summary["downscale"])
+        if true_K is not None:
+            refined = run.context.intrinsics.corrected_K(data.K)
+            # Pixels at the training resolution: what the loaded calibration was off by, and what is left.
+            metrics["intrinsics"]["loaded_error_px"] = _intrinsics_error(data.K, true_K)
+            metrics["intrinsics"]["refined_error_px"] = _intrinsics_error(refined, true_K)
     if data.gt_mesh is not None:
         try:
             metrics["evaluation"] = evaluate(
@@ -237,6 +264,15 @@ def resolution_schedule(args: argparse.Namespace) -> ResolutionScheduleConfig:
     )
 
 
+def _intrinsics_error(K: Any, true_K: Any) -> Dict[str, float]:
+    """Mean focal and principal-point errors (pixels) of intrinsics [V, 3, 3] against the true ones."""
+    K, true_K = np.asarray(K, dtype=np.float64), np.asarray(true_K, dtype=np.float64)
+    return {
+        "focal": float(np.mean(K[:, 0, 0] - true_K[:, 0, 0])),
+        "principal_point": float(np.mean(np.linalg.norm(K[:, :2, 2] - true_K[:, :2, 2], axis=-1))),
+    }
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="dataset folder (DiLiGenT-MV layout)")
@@ -250,6 +286,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--exclude-views", type=int, nargs="*", default=[], help="view ids held out of training")
     parser.add_argument("--normal-dir", default="auto", help="auto: world-space maps if calibrated, else camera-space")
     parser.add_argument("--pose-init", default="gt", choices=["gt", "noisy", "ring", "file"])
+    parser.add_argument(
+        "--refine-intrinsics", action="store_true",
+        help="learn one focal scale and principal-point shift shared by every view (calibration off by ~1 %%)",
+    )
     parser.add_argument("--poses-file", type=Path, default=None, help="with --pose-init file")
     # Pose-start options of diligent-mv-data, so that the plain loop can run the benchmarks' starts.
     parser.add_argument("--pose-noise-seed", type=int, default=0, help="with --pose-init noisy")
@@ -375,7 +415,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         run = build_run(
             preset, train, args.device, gauge=args.gauge, seed=args.seed, resolution_schedule=schedule,
-            consistency=consistency,
+            consistency=consistency, intrinsics=IntrinsicsModelConfig(enabled=args.refine_intrinsics),
         )
     except PMNIDataError as err:
         # A schedule level can be too coarse for the data (masks that vanish when averaged).
@@ -396,6 +436,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "train_seconds": seconds,
         "device": str(args.device),
         "pose_init": args.pose_init,
+        "refine_intrinsics": bool(args.refine_intrinsics),
         "downscale": args.downscale_factor,
         "resolution_schedule": dataclasses.asdict(schedule) if schedule.enabled else None,
         "heldout_views": list(args.exclude_views),

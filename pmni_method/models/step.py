@@ -17,6 +17,7 @@ from torch import Tensor
 from pmni_method.data.raystore import TrainingViews
 from pmni_method.models.consistency import MultiViewConsistencyConfig, consistency_loss, select_points
 from pmni_method.models.core import PMNICore
+from pmni_method.models.intrinsics_model import IntrinsicsModel
 from pmni_method.models.pose_model import PoseModel
 from pmni_method.models.silhouette import silhouette_loss
 
@@ -33,6 +34,8 @@ class StepContext:
     """How the consistency term picks its point pairs (its weight per stage is in the core's loss schedule)."""
     targets_follow_poses: bool = False
     """Rotate the normal targets with the pose corrections (camera-space maps; world-space maps stay put)."""
+    intrinsics: Optional[IntrinsicsModel] = None
+    """Refinement of the shared calibration (None or disabled: the intrinsics stay as loaded)."""
 
     @property
     def refining(self) -> bool:
@@ -59,17 +62,22 @@ def render_rays(core: PMNICore, rays: Dict[str, Tensor], context: Optional[StepC
     The outputs carry ``train_rays`` (not a tensor, so image renders skip it): the rays as rendered, their cameras
     and each ray's correction rotation [N, 3, 3] (None when the poses do not move).
 
-    With the core's ``gradient_method`` "patch", training rays render as patches (:func:`patch_size_of`).
+    With the core's ``gradient_method`` "patch", training rays render as patches (:func:`patch_size_of`). The
+    context's intrinsics refinement, when on, recasts each ray under the refined calibration first.
     """
     origins, directions = rays["origins"], rays["directions"]
+    directions_norm = rays.get("directions_norm")
     cams = rays.get("camera_indices")
     rotation: Optional[Tensor] = None
+    if context is not None and context.intrinsics is not None and context.intrinsics.enabled and cams is not None:
+        # In the camera frame of the initial pose, before the pose correction turns the camera.
+        directions, directions_norm = context.intrinsics.correct_rays(directions, cams)
     if context is not None and context.refining and cams is not None:
         # Every pixel of a patch is corrected, not only its centre: the finite-difference directions are the
         # differences of these rays, so they follow the current poses and carry gradients to them.
         origins, directions, rotation = context.poses.correct_rays(origins, directions, cams.reshape(-1))
     outputs = core.render(
-        origins, directions, rays.get("directions_norm"), rays.get("nears"), rays.get("fars"),
+        origins, directions, directions_norm, rays.get("nears"), rays.get("fars"),
         patch_size=patch_size_of(core, rays),
     )
     if cams is not None:
