@@ -291,7 +291,7 @@ def test_boundary_bands_leave_boundary_pixels_out_of_their_losses() -> None:
     fg = torch.ones(n, 1)
     batch = {"normal": target, "fg_mask": fg, "mask_boundary_px": torch.where(near, 1.0, 5.0)[:, None]}
 
-    base = core.config
+    base = dataclasses.replace(core.config, mask_boundary_px=0.0, normal_boundary_px=0.0)
 
     def losses(**settings: float) -> dict:
         core.config = dataclasses.replace(base, **settings)

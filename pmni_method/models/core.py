@@ -83,9 +83,10 @@ class PMNICoreConfig:
     """Also supervise the SDF's own gradient at each ray's first zero crossing with the target normal, at this
     fraction of the normal weight (0: off). The composited normal averages over the opacity band, so it can match
     the targets while the level set a mesh shows stays wrinkled."""
-    mask_boundary_px: float = 0.0
+    mask_boundary_px: float = 1.0
     """The mask loss leaves out pixels this close (pixels at training resolution) to a mask boundary (0: off):
-    segmenter masks are off by 1-3 px at their boundaries."""
+    segmenter masks are off by 1-3 px at their boundaries, and a downscaled mask's boundary pixels are part object,
+    part background whatever the segmenter did."""
     normal_boundary_px: float = 0.0
     """The normal losses leave out foreground pixels this close to a mask boundary (0: off): there the segmenter's
     boundary error puts target normals off the object and photometric stereo's are at their worst (grazing); other
