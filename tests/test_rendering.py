@@ -244,15 +244,22 @@ def test_render_of_initial_sphere() -> None:
     assert ((out["rgb"] >= 0) & (out["rgb"] <= 1)).all() and ((out["normal_vis"] >= 0) & (out["normal_vis"] <= 1)).all()
 
 
-def test_surface_normal_loss_supervises_the_gradient_at_the_zero_crossing() -> None:
-    """Training rays that cross the level set get its gradient (with graph); the loss against the true sphere
-    normals is small, against flipped ones large, and reaches the field's parameters."""
+def _sharp_sphere_core_and_rays(n: int):
+    """A training-mode core with a sharp opacity band and surface normal supervision, and ``n`` rays from (0, 0, -3)
+    within a few degrees of the initial sphere's centre."""
     core = small_core(surface_normal_weight=0.5, inv_s_min=400.0, inv_s_step_factor=8.0, inv_s_floor_factor=8.0)
     core.update_grid()
     core.train()
-    n = 32
     o = torch.tensor([[0.0, 0.0, -3.0]]).repeat(n, 1)
     d = torch.nn.functional.normalize(torch.randn(n, 3) * 0.05 + torch.tensor([0.0, 0.0, 1.0]), dim=-1)
+    return core, o, d
+
+
+def test_surface_normal_loss_supervises_the_gradient_at_the_zero_crossing() -> None:
+    """Training rays that cross the level set get its gradient (with graph); the loss against the true sphere
+    normals is small, against flipped ones large, and reaches the field's parameters."""
+    core, o, d = _sharp_sphere_core_and_rays(32)
+    n = 32
     d[:4] = torch.nn.functional.normalize(torch.tensor([0.5, 0.0, 1.0]), dim=-1)  # misses the sphere
     out = core.render(o, d)
     rays = out["samples"]["surface_rays"]
@@ -278,12 +285,8 @@ def test_surface_normal_loss_supervises_the_gradient_at_the_zero_crossing() -> N
 def test_boundary_bands_leave_boundary_pixels_out_of_their_losses() -> None:
     """``normal_boundary_px`` drops foreground rays near a mask boundary from both normal losses (the rest score
     as they would alone), ``mask_boundary_px`` drops them from the mask loss; the other terms stay."""
-    core = small_core(surface_normal_weight=0.5, inv_s_min=400.0, inv_s_step_factor=8.0, inv_s_floor_factor=8.0)
-    core.update_grid()
-    core.train()
+    core, o, d = _sharp_sphere_core_and_rays(16)
     n = 16
-    o = torch.tensor([[0.0, 0.0, -3.0]]).repeat(n, 1)
-    d = torch.nn.functional.normalize(torch.randn(n, 3) * 0.05 + torch.tensor([0.0, 0.0, 1.0]), dim=-1)
     out = core.render(o, d)
     target = torch.nn.functional.normalize(torch.randn(n, 3), dim=-1)
     near = torch.zeros(n, dtype=torch.bool)
