@@ -258,7 +258,8 @@ def true_inputs(
     if true.view_ids != data.view_ids:
         raise EvaluationInputError(f"{data_dir / TRUE_WORLD_NORMAL_DIR}: views {true.view_ids} differ from {data.view_ids}")
     K = true_intrinsics(data_dir, data, downscale_factor)
-    return (replace(true, K=K), True) if K is not None else (replace(true, K=data.K), False)
+    # Without cameras_gt.npz the true maps were loaded with the stored cameras, data's own K.
+    return (replace(true, K=K), True) if K is not None else (true, False)
 
 
 def true_intrinsics(data_dir: Path, data: MultiViewNormalData, downscale_factor: int = 1) -> Optional[np.ndarray]:

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
 
 from pmni_method.atomic import atomic_write, write_json_atomic
@@ -215,13 +214,10 @@ def save_outputs(
     if run.context.intrinsics is not None:
         from pmni_method.evaluation import true_intrinsics  # pylint: disable=import-outside-toplevel
 
-        metrics["intrinsics"] = run.context.intrinsics.report(data.K)
-        true_K = true_intrinsics(data.data_dir, data, summary["downscale"])
-        if true_K is not None:
-            refined = run.context.intrinsics.corrected_K(data.K)
-            # Pixels at the training resolution: what the loaded calibration was off by, and what is left.
-            metrics["intrinsics"]["loaded_error_px"] = _intrinsics_error(data.K, true_K)
-            metrics["intrinsics"]["refined_error_px"] = _intrinsics_error(refined, true_K)
+        # Pixels at the training resolution; against cameras_gt.npz, when present, what is left of the error.
+        metrics["intrinsics"] = run.context.intrinsics.report(
+            data.K, true_intrinsics(data.data_dir, data, summary["downscale"])
+        )
     if data.gt_mesh is not None:
         try:
             metrics["evaluation"] = evaluate(
@@ -262,15 +258,6 @@ def resolution_schedule(args: argparse.Namespace) -> ResolutionScheduleConfig:
         factors=tuple(args.resolution_schedule), switch_at=tuple(args.switch_at),
         rays_follow_pixels=args.rays_follow_pixels, min_rays_per_batch=args.min_rays_per_batch,
     )
-
-
-def _intrinsics_error(K: Any, true_K: Any) -> Dict[str, float]:
-    """Mean focal and principal-point errors (pixels) of intrinsics [V, 3, 3] against the true ones."""
-    K, true_K = np.asarray(K, dtype=np.float64), np.asarray(true_K, dtype=np.float64)
-    return {
-        "focal": float(np.mean(K[:, 0, 0] - true_K[:, 0, 0])),
-        "principal_point": float(np.mean(np.linalg.norm(K[:, :2, 2] - true_K[:, :2, 2], axis=-1))),
-    }
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -55,6 +57,13 @@ def test_refined_rays_are_the_rays_of_the_refined_intrinsics() -> None:
     assert report["focal_scale"] == pytest.approx(0.99)
     assert report["focal_change_px"] == pytest.approx(-2.4, abs=1e-5)  # float32 parameters
     assert report["principal_shift_px"] == pytest.approx([0.48, -0.24], abs=1e-5)
+    assert "loaded_error_px" not in report
+    # Against a truth the refinement reaches exactly, the refined error vanishes and the loaded one is the change.
+    errors = model.report(K, true_K=refined_K)
+    assert errors["refined_error_px"]["focal"] == pytest.approx(0.0, abs=1e-9)
+    assert errors["refined_error_px"]["principal_point"] == pytest.approx(0.0, abs=1e-9)
+    assert errors["loaded_error_px"]["focal"] == pytest.approx(2.4, abs=1e-5)
+    assert errors["loaded_error_px"]["principal_point"] == pytest.approx(math.hypot(0.48, 0.24), abs=1e-5)
     # Gradients reach both parameters.
     got.sum().backward()
     assert model.log_focal_scale.grad is not None and model.principal_shift.grad.abs().sum() > 0

@@ -464,8 +464,8 @@ class PMNICore(nn.Module):
             rays = outputs.get("train_rays")
             if cfg.grazing_cos > 0 and rays is not None:
                 confidence = L.grazing_weight(target, rays["directions"].detach().to(target), cfg.grazing_cos)
-            if cfg.normal_boundary_px > 0 and batch.get("mask_boundary_px") is not None:
-                inner = (batch["mask_boundary_px"].to(target) > cfg.normal_boundary_px).to(target)
+            inner = _outside_band(batch, cfg.normal_boundary_px, target)
+            if inner is not None:
                 confidence = inner if confidence is None else confidence * inner
             out["normal_loss"] = weights["normal"] * L.normal_loss(
                 outputs["normal"], target, fg, cfg.normal_loss_type, confidence, cfg.normal_robust_scale
@@ -480,9 +480,7 @@ class PMNICore(nn.Module):
                     None if confidence is None else confidence[rays_hit], cfg.normal_robust_scale,
                 )
         if weights["mask"] > 0:
-            mask_weight = None
-            if cfg.mask_boundary_px > 0 and batch.get("mask_boundary_px") is not None:
-                mask_weight = (batch["mask_boundary_px"].to(fg) > cfg.mask_boundary_px).to(fg)
+            mask_weight = _outside_band(batch, cfg.mask_boundary_px, fg)
             out["mask_loss"] = weights["mask"] * L.mask_loss(outputs["accumulation"], fg, cfg.mask_eps, mask_weight)
         if weights["eikonal"] > 0:
             grads = outputs["samples"]["gradients"]
@@ -519,6 +517,15 @@ class PMNICore(nn.Module):
             "sdf_mlp": list(self.field.layers.parameters()),
             "variance": [self.variance],
         }
+
+
+def _outside_band(batch: Dict[str, Tensor], band_px: float, like: Tensor) -> Optional[Tensor]:
+    """Per-ray weight [N, 1]: 1 farther than ``band_px`` from the ray's mask boundary, 0 within it (dtype and
+    device of ``like``); None when the band is off or the batch has no ``mask_boundary_px``."""
+    distance = batch.get("mask_boundary_px")
+    if band_px <= 0 or distance is None:
+        return None
+    return (distance.to(like) > band_px).to(like)
 
 
 def _difference_stencil(k: int, like: Tensor) -> Tensor:

@@ -15,7 +15,7 @@ they mean the same on every level of the resolution schedule. torch only.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple, Type
+from typing import Any, Dict, List, Optional, Tuple, Type
 
 import numpy as np
 import torch
@@ -86,12 +86,27 @@ class IntrinsicsModel(nn.Module):
         K[..., 0, 1] *= scale
         return K
 
-    def report(self, K: np.ndarray) -> Dict[str, float]:
-        """What the refinement changed in intrinsics ``K`` [V, 3, 3] (pixels of that resolution)."""
+    def report(self, K: np.ndarray, true_K: Optional[np.ndarray] = None) -> Dict[str, Any]:
+        """What the refinement changed in intrinsics ``K`` [V, 3, 3] (pixels of that resolution); with the true
+        intrinsics ``true_K`` also how far ``K`` was from them and how far the refined ones are
+        (``loaded_error_px``, ``refined_error_px``: mean focal and principal-point errors)."""
+        K = np.asarray(K, dtype=np.float64)
         refined = self.corrected_K(K)
-        return {
+        out: Dict[str, Any] = {
             "focal_scale": float(torch.exp(self.log_focal_scale.detach())),
-            "focal_change_px": float(np.mean(refined[:, 0, 0] - np.asarray(K)[:, 0, 0])),
-            "principal_shift_px": [float(np.mean(refined[:, 0, 2] - np.asarray(K)[:, 0, 2])),
-                                   float(np.mean(refined[:, 1, 2] - np.asarray(K)[:, 1, 2]))],
+            "focal_change_px": float(np.mean(refined[:, 0, 0] - K[:, 0, 0])),
+            "principal_shift_px": [float(v) for v in np.mean(refined[:, :2, 2] - K[:, :2, 2], axis=0)],
         }
+        if true_K is not None:
+            out["loaded_error_px"] = _calibration_error(K, true_K)
+            out["refined_error_px"] = _calibration_error(refined, true_K)
+        return out
+
+
+def _calibration_error(K: np.ndarray, true_K: np.ndarray) -> Dict[str, float]:
+    """Mean focal and principal-point errors (pixels) of intrinsics [V, 3, 3] against the true ones."""
+    true_K = np.asarray(true_K, dtype=np.float64)
+    return {
+        "focal": float(np.mean(K[:, 0, 0] - true_K[:, 0, 0])),
+        "principal_point": float(np.mean(np.linalg.norm(K[:, :2, 2] - true_K[:, :2, 2], axis=-1))),
+    }
