@@ -135,6 +135,9 @@ class SynthConfig:
     """Stored principal point moved this many pixels in a random direction (default 0; realistic 2)."""
     intrinsics_per_view: bool = False
     """Draw the intrinsics error per view (per-image calibration) instead of once for all views."""
+    joint_calibration: bool = False
+    """Let the stored poses carry the intrinsics error as a joint calibration does: camera distances scaled with
+    the focal error and cameras turned with the principal point, so that the object's image stays in place."""
     seed: int = 0
     """Seed of every random draw."""
     overwrite: bool = False
@@ -273,7 +276,9 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _info(config: SynthConfig, mesh: trimesh.Trimesh, rig: Rig, factors: np.ndarray, errors: dict) -> dict:
+def _info(
+    config: SynthConfig, mesh: trimesh.Trimesh, rig: Rig, factors: np.ndarray, errors: dict, poses_moved: bool
+) -> dict:
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(config).items()}
     return {
         "generator": "pmni-synth",
@@ -294,7 +299,7 @@ def _info(config: SynthConfig, mesh: trimesh.Trimesh, rig: Rig, factors: np.ndar
         "normals": "flat (face normals)" if config.flat_normals else "smooth (interpolated vertex normals)",
         "normal_noise_definition": NORMAL_NOISE_DEFINITION,
         "pose_noise_definition": POSE_NOISE_DEFINITION,
-        "poses_perturbed": bool(config.pose_rotation_noise_deg > 0 or config.pose_translation_noise > 0),
+        "poses_perturbed": poses_moved,
         "intrinsics_perturbed": bool(np.any(np.asarray(errors["intrinsics"]["K_stored"]) != rig.K)),
         "depth_scale_factors": factors.tolist(),
         "input_errors": errors,
@@ -320,12 +325,19 @@ def render_dataset(
     mesh = load_mesh(Path(config.mesh), config.world_scale)
     rig = make_rig(mesh, config)
     normal_rng, pose_rng, depth_rng = _rngs(config.seed)
-    stored_c2w = perturb_poses(
-        rig.c2w, config.pose_rotation_noise_deg, config.pose_translation_noise, pose_rng, reference_radius=rig.distance
-    )
-    factors = depth_scale_factors(config.num_views, config.depth_scale_noise, depth_rng)
     errors = synth_realistic.resolve(config)
     stored_K = synth_realistic.stored_intrinsics(rig.K, config.num_views, errors)
+    calibrated_c2w = rig.c2w
+    if errors.joint_calibration:
+        calibrated_c2w = synth_realistic.calibrated_poses(rig.c2w, rig.K, stored_K, rig.centre)
+    reprojection = None
+    if errors.intrinsics_active:
+        reprojection = synth_realistic.reprojection_px(rig.K, rig.c2w, stored_K, calibrated_c2w, mesh.vertices)
+    stored_c2w = perturb_poses(
+        calibrated_c2w, config.pose_rotation_noise_deg, config.pose_translation_noise, pose_rng,
+        reference_radius=rig.distance,
+    )
+    factors = depth_scale_factors(config.num_views, config.depth_scale_noise, depth_rng)
     perturbed = config.pose_rotation_noise_deg > 0 or config.pose_translation_noise > 0 or errors.intrinsics_active
     truth = synth_realistic.truth_needed(errors, config.normal_noise_deg)
 
@@ -360,8 +372,9 @@ def render_dataset(
                 angles.append(stored.angles)
                 if progress is not None:
                     progress(i)
-            report = synth_realistic.report(errors, stats, angles, rig.K, stored_K, truth)
-            (staging / INFO_FILE).write_text(json.dumps(_info(config, mesh, rig, factors, report), indent=2) + "\n")
+            report = synth_realistic.report(errors, stats, angles, rig.K, stored_K, truth, reprojection)
+            info = _info(config, mesh, rig, factors, report, poses_moved=bool(np.any(stored_c2w != rig.c2w)))
+            (staging / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
             # A signal between the two renames of a replacement would leave no dataset at the output path.
             with interrupts.deferred():
                 commit(staging, output)

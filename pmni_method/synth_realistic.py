@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from pmni_method import cameras
 from pmni_method.data.layout import TRUE_CAMERA_NORMAL_DIR, TRUE_MASK_DIR, TRUE_WORLD_NORMAL_DIR
@@ -60,6 +61,13 @@ INTRINSICS_ERROR_DEFINITION = (
     "intrinsics_per_view; the true K is in cameras_gt.npz (with the true poses) and under K"
 )
 
+JOINT_CALIBRATION_DEFINITION = (
+    "with joint_calibration the stored poses carry the error too, as a calibration against a target at the object "
+    "makes it: each camera centre C moves to c + (f_stored / f_true) (C - c) about the object's bounding-sphere "
+    "centre c, and the camera turns by the least rotation that brings c back to the pixel where the true camera "
+    "sees it (the object's image position and size stay right; only perspective differs)"
+)
+
 
 @dataclass(frozen=True)
 class InputErrors:
@@ -71,6 +79,7 @@ class InputErrors:
     focal_error: float = 0.0
     principal_point_error_px: float = 0.0
     intrinsics_per_view: bool = False
+    joint_calibration: bool = False
 
     @property
     def intrinsics_active(self) -> bool:
@@ -101,6 +110,7 @@ def resolve(config: Any) -> InputErrors:
         focal_error=float(values["focal_error"]),
         principal_point_error_px=float(values["principal_point_error_px"]),
         intrinsics_per_view=bool(config.intrinsics_per_view),
+        joint_calibration=bool(config.joint_calibration),
     )
 
 
@@ -136,6 +146,36 @@ def stored_intrinsics(K: np.ndarray, num_views: int, errors: InputErrors) -> np.
         out[i, 0, 2] += errors.principal_point_error_px * np.cos(angles[j])
         out[i, 1, 2] += errors.principal_point_error_px * np.sin(angles[j])
     return out
+
+
+def calibrated_poses(c2w: np.ndarray, K: np.ndarray, stored_K: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """(N, 4, 4) camera-to-worlds that carry the intrinsics error ``K`` -> ``stored_K`` [N, 3, 3] the way a joint
+    calibration does (:data:`JOINT_CALIBRATION_DEFINITION`), from the true ``c2w`` [N, 4, 4]."""
+    centre = np.asarray(centre, dtype=np.float64)
+    out = np.array(c2w, dtype=np.float64, copy=True)
+    for i, (pose, K_i) in enumerate(zip(np.asarray(c2w, dtype=np.float64), stored_K)):
+        # Where the true camera sees the centre, and the stored intrinsics' ray through that pixel.
+        (pixel,), _ = cameras.project_points(K, pose, centre[None])
+        seen = np.linalg.solve(K, np.append(pixel, 1.0))
+        stored = np.linalg.solve(K_i, np.append(pixel, 1.0))
+        seen, stored = seen / np.linalg.norm(seen), stored / np.linalg.norm(stored)
+        axis = np.cross(stored, seen)
+        angle = np.arctan2(np.linalg.norm(axis), float(stored @ seen))
+        turn = Rotation.from_rotvec(axis / max(np.linalg.norm(axis), 1e-300) * angle).as_matrix()
+        # R' = R Q with Q stored = seen: the stored camera's ray through the pixel points where the true one's did.
+        out[i, :3, :3] = pose[:3, :3] @ turn
+        out[i, :3, 3] = centre + K_i[0, 0] / K[0, 0] * (pose[:3, 3] - centre)
+    return out
+
+
+def reprojection_px(K: np.ndarray, c2w: np.ndarray, stored_K: np.ndarray, stored_c2w: np.ndarray, points: np.ndarray) -> Dict[str, float]:
+    """Mean and max pixel distance between ``points`` [M, 3] projected by the true and by the stored cameras."""
+    dists = [
+        np.linalg.norm(cameras.project_points(K_s, c_s, points)[0] - cameras.project_points(K, c, points)[0], axis=-1)
+        for c, K_s, c_s in zip(c2w, stored_K, stored_c2w)
+    ]
+    both = np.concatenate(dists)
+    return {"mean": float(both.mean()), "max": float(both.max())}
 
 
 @dataclass
@@ -211,10 +251,12 @@ def report(
     K_true: np.ndarray,
     K_stored: np.ndarray,
     write_truth: bool,
+    reprojection: Optional[Dict[str, float]] = None,
 ) -> Dict[str, Any]:
     """The ``input_errors`` entry of synth.json: settings, definitions and the statistics actually produced.
 
-    ``stats`` and ``angles`` are the :class:`StoredView` fields of every view.
+    ``stats`` and ``angles`` are the :class:`StoredView` fields of every view; ``reprojection`` is
+    :func:`reprojection_px` of the mesh's vertices by the calibration's stored cameras (before any pose noise).
     """
     normals: Dict[str, Any] = {
         "pixels": "inside both the stored and the true mask; stored vs true world-space maps as written (float32)",
@@ -233,6 +275,7 @@ def report(
             "focal_error": errors.focal_error,
             "principal_point_error_px": errors.principal_point_error_px,
             "intrinsics_per_view": errors.intrinsics_per_view,
+            "joint_calibration": errors.joint_calibration,
         },
         "definitions": {
             "normals": NORMAL_ERROR_DEFINITION,
@@ -240,6 +283,7 @@ def report(
             "masks": MASK_ERROR_DEFINITION,
             "mask_statistics": MASK_STATISTICS_DEFINITION,
             "intrinsics": INTRINSICS_ERROR_DEFINITION,
+            "joint_calibration": JOINT_CALIBRATION_DEFINITION,
         },
         "maps_perturbed": bool(write_truth),
         "normals": normals,
@@ -248,6 +292,7 @@ def report(
             "K_stored": np.asarray(K_stored).tolist(),
             "focal_offset_px": (K_stored[:, 0, 0] - K_true[0, 0]).tolist(),
             "principal_point_offset_px": (K_stored[:, :2, 2] - K_true[None, :2, 2]).tolist(),
+            "reprojection_px": reprojection,
         },
         "truth": {
             "mesh": "mesh_Gt.ply",

@@ -259,6 +259,29 @@ def test_intrinsics_error_is_in_the_stored_cameras_and_the_true_ones_are_recorde
     assert len(principal_points) == SMALL["num_views"]
 
 
+def test_joint_calibration_moves_the_cameras_so_that_the_object_stays_in_the_image(make):
+    error = dict(focal_error=0.02, principal_point_error_px=3.0)
+    joint, alone = make(joint_calibration=True, **error), make(**error)
+    info, alone_info = _info(joint), _info(alone)
+    assert info["poses_perturbed"] is True and info["intrinsics_perturbed"] is True
+    centre = np.array(info["bounding_sphere_centre_world"])
+    for (K, c2w), (K_alone, _), (K_gt, c2w_gt) in zip(
+        _cameras(joint), _cameras(alone), _cameras(joint, layout.GT_CAMERAS_FILE)
+    ):
+        np.testing.assert_allclose(K, K_alone, atol=1e-9)  # the same intrinsics error, drawn alike
+        np.testing.assert_allclose(c2w[:3, :3] @ c2w[:3, :3].T, np.eye(3), atol=1e-9)
+        distance = np.linalg.norm(c2w[:3, 3] - centre) / np.linalg.norm(c2w_gt[:3, 3] - centre)
+        assert distance == pytest.approx(K[0, 0] / K_gt[0, 0], abs=1e-9)
+        seen, _ = cameras.project_points(K_gt, c2w_gt, centre[None])
+        stored, _ = cameras.project_points(K, c2w, centre[None])
+        np.testing.assert_allclose(stored, seen, atol=1e-6)
+    # The object's image barely moves under the joint error; alone, the same error misplaces it by pixels.
+    joint_px = info["input_errors"]["intrinsics"]["reprojection_px"]
+    alone_px = alone_info["input_errors"]["intrinsics"]["reprojection_px"]
+    assert alone_px["mean"] > 2.0 and joint_px["max"] < 0.1 * alone_px["mean"]
+    assert info["input_errors"]["settings"]["joint_calibration"] is True
+
+
 def test_pose_noise_composes_with_the_realistic_bundle(make, realistic):
     pose = dict(pose_rotation_noise_deg=1.0, pose_translation_noise=0.01)
     both = make(realistic=True, **pose)

@@ -70,7 +70,10 @@ def main(config: SynthConfig) -> int:
             f"  intrinsics   focal {offsets['focal_offset_px'][0]:+.3g} px, principal point "
             f"{offsets['principal_point_offset_px'][0][0]:+.3g}, {offsets['principal_point_offset_px'][0][1]:+.3g} px"
             + (" (view 0)" if config.intrinsics_per_view else "")
+            + (", poses calibrated with them" if config.joint_calibration else "")
         )
+        reprojection = offsets["reprojection_px"]
+        console.print(f"  reprojection {reprojection['mean']:.3g} px mean, {reprojection['max']:.3g} max (mesh vertices)")
     console.print(f"  time         {elapsed:.2f} s")
     return 0
 
