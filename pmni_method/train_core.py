@@ -40,7 +40,6 @@ from pmni_method.models.pose_model import PoseModel, PoseModelConfig
 from pmni_method.models.presets import (
     MAX_GRAD_NORMS,
     CorePreset,
-    GroupOptim,
     core_preset,
     pose_free_consistency,
     pose_settings,
@@ -120,23 +119,11 @@ def build_run(
         intrinsics=intrinsics_model if intrinsics_model.enabled else None,
     )
     groups = dict(core.param_groups(), **pose_model.param_groups(), **intrinsics_model.param_groups())
-    settings = dict(
-        preset.optim, camera_opt=preset.pose_optim, intrinsics=GroupOptim(lr=intrinsics_model.config.lr, eps=1e-8)
-    )
+    settings = preset.group_optims()
     optimizer = torch.optim.Adam(
         [{"params": groups[name], "lr": settings[name].lr, "eps": settings[name].eps, "name": name} for name in groups]
     )
-    total = preset.max_num_iterations
-
-    def intrinsics_factor(step: int) -> float:
-        # The pose schedule's decay, held at 0 until the surface has formed.
-        return preset.pose_lr_schedule.factor(step) * intrinsics_model.lr_factor(step, total)
-
-    lambdas = [
-        intrinsics_factor if name == "intrinsics"
-        else (preset.pose_lr_schedule if name == "camera_opt" else preset.lr_schedule).factor
-        for name in groups
-    ]
+    lambdas = [preset.group_lr_schedule(name).factor for name in groups]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
     return CoreRun(preset, core, store, context, optimizer, scheduler, pyramid)
 

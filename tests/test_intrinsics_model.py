@@ -10,6 +10,7 @@ import torch
 
 from pmni_method.cameras_torch import pixel_directions, unproject
 from pmni_method.models.intrinsics_model import IntrinsicsModel, IntrinsicsModelConfig
+from pmni_method.models.presets import INTRINSICS_HOLD, core_preset, with_iterations
 from pmni_method.models.step import StepContext, render_rays
 from test_rendering import small_core
 
@@ -73,9 +74,20 @@ def test_off_by_default_and_no_optimiser_group() -> None:
     _, c2w = _cameras()
     model = IntrinsicsModel(IntrinsicsModelConfig(), c2w)
     assert not model.enabled and model.param_groups() == {}
-    on = IntrinsicsModel(IntrinsicsModelConfig(enabled=True, start=0.25), c2w)
+    on = IntrinsicsModel(IntrinsicsModelConfig(enabled=True), c2w)
     assert set(on.param_groups()) == {"intrinsics"}
-    assert on.lr_factor(24, 100) == 0.0 and on.lr_factor(25, 100) == 1.0
+
+
+@pytest.mark.parametrize("name", ["pmni", "pmni-fast"])
+def test_the_group_learns_on_the_pose_schedule_after_its_hold(name: str) -> None:
+    preset = with_iterations(core_preset(name), 100)
+    schedule = preset.intrinsics_lr_schedule()
+    hold = round(INTRINSICS_HOLD * 100)
+    assert all(schedule.factor(step) == 0.0 for step in range(hold))
+    for step in range(hold, 100):
+        assert schedule.factor(step) == pytest.approx(preset.pose_lr_schedule.factor(step)) and schedule.factor(step) > 0
+    # The preset itself is untouched: its pose schedule holds nothing.
+    assert preset.pose_lr_schedule.factor(0) > 0
 
 
 def test_the_training_step_renders_with_the_refined_rays() -> None:
@@ -98,3 +110,36 @@ def test_the_training_step_renders_with_the_refined_rays() -> None:
     # Without the context's model the rays render as given.
     plain = render_rays(core, rays, StepContext())
     torch.testing.assert_close(plain["train_rays"]["directions"], dirs)
+
+
+def test_ns_train_refines_the_calibration_and_exports_it(sphere_dir, tmp_path) -> None:
+    """Through nerfstudio's trainer: the intrinsics group is optimised after its hold, saved in the checkpoint,
+    reloaded by ns-viewer/ns-export's eval_setup, and written into the exported transforms.json."""
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    from helpers import tiny_config
+    from pmni_method import runner
+    from pmni_method.scripts.export_poses import pipeline_transforms, run_poses
+
+    config = tiny_config(sphere_dir, tmp_path, iterations=10)
+    config.pipeline.model.intrinsics = IntrinsicsModelConfig(enabled=True)
+    config.steps_per_save = 10
+    run = runner.train(config)
+    (checkpoint,) = (run.config_path.parent / "nerfstudio_models").glob("step-*.ckpt")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["pipeline"]
+    scale = state["_model.intrinsics.log_focal_scale"]
+    shift = state["_model.intrinsics.principal_shift"]
+    assert float(scale) != 0.0 and float(shift.abs().sum()) > 0  # 8 steps of learning after a hold of 2
+
+    def cpu(cfg):
+        cfg.machine.device_type = "cpu"
+        return cfg
+
+    _, pipeline, _, _ = eval_setup(run.config_path, test_mode="inference", update_config_callback=cpu)
+    assert float(pipeline.model.intrinsics.log_focal_scale.detach()) == pytest.approx(float(scale))
+    view_ids, c2w, _ = run_poses(pipeline)
+    frames = pipeline_transforms(pipeline, view_ids, c2w)["frames"]
+    data = pipeline.datamanager.train_dataparser_outputs.metadata["pmni_data"]
+    loaded_focal = float(data.K[0, 0, 0])  # the sphere trains at full size
+    assert frames[0]["fl_x"] == pytest.approx(loaded_focal * math.exp(float(scale)), rel=1e-6)
+    assert frames[0]["fl_x"] != pytest.approx(loaded_focal, rel=1e-9)

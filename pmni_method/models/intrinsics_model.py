@@ -28,13 +28,8 @@ class IntrinsicsModelConfig:
 
     _target: Type = field(default_factory=lambda: IntrinsicsModel)
     enabled: bool = False
-    """Refine the focal length (one scale) and the principal point (one shift) shared by every view."""
-    start: float = 0.2
-    """Fraction of the run before which the calibration stays as loaded: an early, sphere-like surface says little
-    about it, and Adam would random-walk it meanwhile."""
-    lr: float = 1e-4
-    """Adam learning rate of both parameters, in focal lengths: Adam moves each by about this per step, 0.01 % of
-    the focal length or 0.1 px at 943 px (the quarter-size DiLiGenT-MV focal), a tenth of the error to be found."""
+    """Refine the focal length (one scale) and the principal point (one shift) shared by every view (optimiser
+    group ``intrinsics``: the preset's ``intrinsics_optim``, learning from 20 % of the run on)."""
 
 
 class IntrinsicsModel(nn.Module):
@@ -56,10 +51,6 @@ class IntrinsicsModel(nn.Module):
     def param_groups(self) -> Dict[str, List[nn.Parameter]]:
         """The optimiser group ``intrinsics`` (empty dict when refinement is off)."""
         return {"intrinsics": [self.log_focal_scale, self.principal_shift]} if self.enabled else {}
-
-    def lr_factor(self, step: int, total_steps: int) -> float:
-        """1 from ``start`` of the run on, else 0 (multiplies the group's learning-rate schedule)."""
-        return 1.0 if step >= self.config.start * total_steps else 0.0
 
     def correct_rays(self, directions: Tensor, camera_indices: Tensor) -> Tuple[Tensor, Tensor]:
         """Unit world directions [N, 3] of rays cast with the loaded intrinsics and the initial rotations -> the

@@ -119,9 +119,14 @@ class LRScheduleConfig:
     """Multiplier at the end of the run."""
     total_steps: int = 30000
     """Length of the run."""
+    hold_fraction: float = 0.0
+    """Fraction of the run during which the multiplier is 0 (the group keeps its initial values)."""
 
     def factor(self, step: int) -> float:
         """The multiplier at ``step``, always a Python float (numpy scalars break torch>=2.6 checkpoint loading)."""
+        # getattr: schedules saved in a config.yml before the field existed.
+        if step < getattr(self, "hold_fraction", 0.0) * self.total_steps:
+            return 0.0
         if step < self.warmup_steps:
             frac = step / max(self.warmup_steps, 1)
             return float(self.warmup_start_factor + (1.0 - self.warmup_start_factor) * frac)

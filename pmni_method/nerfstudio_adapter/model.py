@@ -34,6 +34,7 @@ from pmni_method.models.consistency import MultiViewConsistencyConfig
 from pmni_method.models.core import (
     PMNICore, PMNICoreConfig, core_config_for, normal_angular_error_deg, surface_normal_errors,
 )
+from pmni_method.models.intrinsics_model import IntrinsicsModel, IntrinsicsModelConfig
 from pmni_method.models.pose_polish import PosePolishConfig, PosePolisher
 from pmni_method.models.presets import pose_free_consistency, pose_settings
 from pmni_method.models.schedule import LRScheduleConfig
@@ -63,6 +64,9 @@ class PMNIModelConfig(ModelConfig):
     pose_polish: PosePolishConfig = field(default_factory=PosePolishConfig)
     """Levenberg-Marquardt pose polish against the frozen surface at a few points of the run (with pose
     refinement only; off unless pose_polish.at lists run fractions)."""
+    intrinsics: IntrinsicsModelConfig = field(default_factory=IntrinsicsModelConfig)
+    """Refinement of the shared calibration (param group intrinsics): one focal scale and one principal-point shift
+    for all views, applied to the training rays; off by default (enabled True turns it on)."""
 
     @property
     def sdf_field(self) -> SDFFieldConfig:
@@ -111,11 +115,19 @@ class PMNIModel(Model):
             # makes its own.
             views = store.views if store is not None else TrainingViews.from_data(data)
         consistency = self.config.consistency
+        # Registered only when on, so that checkpoints of runs without it keep loading. getattr: configs saved
+        # before the field existed.
+        intrinsics = getattr(self.config, "intrinsics", None)
+        self.intrinsics: Optional[IntrinsicsModel] = None
+        if intrinsics is not None and intrinsics.enabled:
+            c2w = data.c2w if data is not None else np.repeat(np.eye(4)[None], self.num_train_data, axis=0)
+            self.intrinsics = IntrinsicsModel(intrinsics, c2w_init=c2w)
         self.step_context = core_step.StepContext(
             poses=self.camera_optimizer.poses,
             views=views,
             consistency=pose_free_consistency(consistency) if self.camera_optimizer.poses.enabled else consistency,
             targets_follow_poses=targets_follow_poses,
+            intrinsics=self.intrinsics,
         )
         self.pose_polisher: Optional[PosePolisher] = None
         # getattr: configs saved before pose polish existed load without the field.
@@ -148,6 +160,10 @@ class PMNIModel(Model):
         """(N, 4, 4) OpenCV camera-to-worlds (normalised frame) of the training views as refined; None when off."""
         return self.camera_optimizer.refined_c2w() if self.pose_refinement else None
 
+    def refined_K(self, K: np.ndarray) -> np.ndarray:
+        """Intrinsics ``K`` [N, 3, 3] (of any resolution) with the calibration refinement applied; as given when off."""
+        return K if self.intrinsics is None else self.intrinsics.corrected_K(K)
+
     @property
     def field(self) -> SDFField:
         """The SDF field (``forward_geonetwork`` is what ``ns-export marching-cubes`` calls)."""
@@ -156,6 +172,8 @@ class PMNIModel(Model):
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
         groups = self.core.param_groups()
         self.camera_optimizer.get_param_groups(param_groups=groups)
+        if self.intrinsics is not None:
+            groups.update(self.intrinsics.param_groups())
         return groups
 
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
@@ -230,6 +248,8 @@ class PMNIModel(Model):
         metrics = self.core.metrics(outputs, self._to_device(batch))
         if self.training:
             self.camera_optimizer.get_metrics_dict(metrics)
+            if self.intrinsics is not None:
+                metrics["intrinsics_focal_scale"] = float(torch.exp(self.intrinsics.log_focal_scale.detach()))
         return metrics
 
     def get_loss_dict(self, outputs: Dict[str, Any], batch: Dict[str, Tensor], metrics_dict=None) -> Dict[str, Tensor]:

@@ -22,11 +22,10 @@ def optimizers(name: str) -> Dict[str, Dict[str, Any]]:
     """nerfstudio ``optimizers`` dict (group -> optimizer + scheduler) of a preset; schedulers return floats."""
     preset = core_preset(name)
     out: Dict[str, Dict[str, Any]] = {}
-    # camera_opt is only used when the model's camera_optimizer is switched on (nerfstudio ignores groups the
-    # model lacks).
-    groups = dict(preset.optim, camera_opt=preset.pose_optim)
-    for group, opt in groups.items():
-        sched = preset.pose_lr_schedule if group == "camera_opt" else preset.lr_schedule
+    # camera_opt and intrinsics are only used when the model's pose or calibration refinement is switched on
+    # (nerfstudio ignores groups the model lacks).
+    for group, opt in preset.group_optims().items():
+        sched = preset.group_lr_schedule(group)
         out[group] = {
             "optimizer": AdamOptimizerConfig(lr=opt.lr, eps=opt.eps),
             "scheduler": WarmupCosineSchedulerConfig.from_schedule(sched),

@@ -76,7 +76,8 @@ def pipeline_transforms(
 ) -> Dict[str, Any]:
     """nerfstudio ``transforms.json`` of the training views: their poses ``c2w_world`` (OpenCV, world units), the
     full-resolution intrinsics and image size (training may have block-averaged the maps), the normal maps as
-    ``file_path`` and the masks as ``mask_path``."""
+    ``file_path`` and the masks as ``mask_path``. With the calibration refinement on, the intrinsics are the refined
+    ones."""
     outputs = pipeline.datamanager.train_dataparser_outputs
     data = outputs.metadata["pmni_data"]
     factor = int(getattr(pipeline.datamanager.config.dataparser, "downscale_factor", 1) or 1)
@@ -85,9 +86,12 @@ def pipeline_transforms(
         by_view = index_folder(Path(data.data_dir) / MASK_DIR, io.MASK_SUFFIXES)
         mask_files = [by_view[v] for v in view_ids]
     height, width = io.read_mask(mask_files[0]).shape
+    K = cameras.upscale_intrinsics(data.K, factor)
+    # The refinement is in focal lengths, so it applies to the full-resolution intrinsics as to the trained ones.
+    refine = getattr(pipeline.model, "refined_K", None)
     return transforms_json(
         c2w_world,
-        cameras.upscale_intrinsics(data.K, factor),
+        refine(K) if callable(refine) else K,
         width,
         height,
         image_paths=[Path(p) for p in outputs.image_filenames],
