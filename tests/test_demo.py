@@ -16,6 +16,8 @@ def test_demo_twice_keeps_each_runs_mesh_and_metrics(shared_meshes: Path, tmp_pa
     first_run = Path(first["run_config"]).parent
     kept = {name: (first_run / name).read_bytes() for name in ("mesh.ply", "metrics.json")}
     assert first["geometry"]["chamfer"] is not None
+    # No mid-run saves, but the final checkpoint that pmni-viewer --load-config reopens.
+    assert [c.name for c in (first_run / "nerfstudio_models").glob("*.ckpt")] == ["step-000000007.ckpt"]
     (data_dir,) = (tmp_path / "data").iterdir()
     rendered = (data_dir / "synth.json").stat().st_mtime_ns
 

@@ -53,6 +53,9 @@ class DemoConfig:
     """Marching-cubes grid resolution of the exported mesh."""
     threshold: float = 0.5
     """F-score threshold in world units (the sample is scaled to DiLiGenT-like millimetres)."""
+    eval_during_training: bool = False
+    """Render nerfstudio's eval batches and images and save checkpoints during training (tensorboard); off, the demo
+    saves once at the end and scores its mesh afterwards."""
 
 
 def _default_mesh(output: Path) -> Tuple[Path, float]:
@@ -104,6 +107,10 @@ def run(config: DemoConfig) -> dict:
         exclude_views=tuple(config.heldout_views),
     )
     steps = train_config.max_num_iterations
+    if not config.eval_during_training:
+        # Nothing reads the mid-run eval renders here; the trainer still saves the final checkpoint.
+        train_config.steps_per_eval_batch = train_config.steps_per_eval_image = 10**9
+        train_config.steps_per_save = steps
     CONSOLE.print(f"[bold]2/4[/] training {config.method} for {steps} iterations on {train_config.machine.device_type}")
     columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=CONSOLE) as progress:
