@@ -234,7 +234,7 @@ def test_every_parameter_group_is_clipped():
     for name, spec in METHODS.items():
         assert isinstance(spec.config.pipeline, PMNIPipelineConfig), name
         norms = {group: settings["optimizer"].max_norm for group, settings in spec.config.optimizers.items()}
-        assert set(norms) >= {"hash_grid", "sdf_mlp", "variance", "camera_opt"}, name
+        assert set(norms) >= {"hash_grid", "sdf_mlp", "variance", "camera_opt", "intrinsics"}, name
         assert all(isinstance(v, float) and v > 0 for v in norms.values()), (name, norms)
 
 

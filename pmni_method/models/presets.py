@@ -39,12 +39,14 @@ PRESET_NAMES = ("pmni", "pmni-fast")
 # sphere, 256-512 rays, camera refinement on and off). Adam's second moment remembers a spike for ~1000 steps, so
 # one exploding batch (a grazing ray, a pose jump) would freeze a group for that long; ordinary steps never clip.
 # Losses are per-ray means, so these norms do not grow with the batch size. Measured largest norms: hash_grid 1.6,
-# sdf_mlp 62 (first steps, geometric init), variance 17 (when the sharpness is not held at its bounds), camera_opt 89.
+# sdf_mlp 62 (first steps, geometric init), variance 17 (when the sharpness is not held at its bounds), camera_opt 89,
+# intrinsics 222 (median 28; realistic bunny, 300 steps of train_core --refine-intrinsics at 153x128).
 MAX_GRAD_NORMS: Dict[str, Optional[float]] = {
     "hash_grid": 5.0,
     "sdf_mlp": 200.0,
     "variance": 50.0,
     "camera_opt": 250.0,
+    "intrinsics": 600.0,
 }
 
 
