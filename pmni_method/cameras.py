@@ -112,6 +112,24 @@ def project_points(K: np.ndarray, c2w: np.ndarray, points: np.ndarray) -> Tuple[
     return uvw[:, :2] / uvw[:, 2:3], z
 
 
+def rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The smallest rotation (3x3) taking unit vector ``a`` to unit vector ``b`` (about ``a x b``)."""
+    a = np.asarray(a, dtype=np.float64) / np.linalg.norm(a)
+    b = np.asarray(b, dtype=np.float64) / np.linalg.norm(b)
+    axis = np.cross(a, b)
+    s, c = np.linalg.norm(axis), float(a @ b)
+    if s < 1e-12:
+        if c > 0:
+            return np.eye(3)
+        # Opposite vectors: any axis perpendicular to a works.
+        perp = np.cross(a, [1.0, 0.0, 0.0] if abs(a[0]) < 0.9 else [0.0, 1.0, 0.0])
+        perp /= np.linalg.norm(perp)
+        return 2.0 * np.outer(perp, perp) - np.eye(3)
+    k = axis / s
+    skew = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
+    return np.eye(3) + s * skew + (1.0 - c) * skew @ skew
+
+
 def look_at_c2w(eye: np.ndarray, target: np.ndarray, up: np.ndarray) -> np.ndarray:
     """OpenCV camera-to-world for a camera at ``eye`` looking at ``target`` with image-up roughly along ``up``."""
     forward = np.asarray(target, dtype=np.float64) - np.asarray(eye, dtype=np.float64)

@@ -338,7 +338,8 @@ def render_dataset(
         reference_radius=rig.distance,
     )
     factors = depth_scale_factors(config.num_views, config.depth_scale_noise, depth_rng)
-    perturbed = config.pose_rotation_noise_deg > 0 or config.pose_translation_noise > 0 or errors.intrinsics_active
+    poses_moved = bool(np.any(stored_c2w != rig.c2w))
+    perturbed = poses_moved or errors.intrinsics_active
     truth = synth_realistic.truth_needed(errors, config.normal_noise_deg)
 
     staging = staging_folder(output, "partial", os.getpid())
@@ -373,7 +374,7 @@ def render_dataset(
                 if progress is not None:
                     progress(i)
             report = synth_realistic.report(errors, stats, angles, rig.K, stored_K, truth, reprojection)
-            info = _info(config, mesh, rig, factors, report, poses_moved=bool(np.any(stored_c2w != rig.c2w)))
+            info = _info(config, mesh, rig, factors, report, poses_moved=poses_moved)
             (staging / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
             # A signal between the two renames of a replacement would leave no dataset at the output path.
             with interrupts.deferred():

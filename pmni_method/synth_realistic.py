@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 from pmni_method import cameras
 from pmni_method.data.layout import TRUE_CAMERA_NORMAL_DIR, TRUE_MASK_DIR, TRUE_WORLD_NORMAL_DIR
@@ -158,17 +157,15 @@ def calibrated_poses(c2w: np.ndarray, K: np.ndarray, stored_K: np.ndarray, centr
         (pixel,), _ = cameras.project_points(K, pose, centre[None])
         seen = np.linalg.solve(K, np.append(pixel, 1.0))
         stored = np.linalg.solve(K_i, np.append(pixel, 1.0))
-        seen, stored = seen / np.linalg.norm(seen), stored / np.linalg.norm(stored)
-        axis = np.cross(stored, seen)
-        angle = np.arctan2(np.linalg.norm(axis), float(stored @ seen))
-        turn = Rotation.from_rotvec(axis / max(np.linalg.norm(axis), 1e-300) * angle).as_matrix()
         # R' = R Q with Q stored = seen: the stored camera's ray through the pixel points where the true one's did.
-        out[i, :3, :3] = pose[:3, :3] @ turn
+        out[i, :3, :3] = pose[:3, :3] @ cameras.rotation_between(stored, seen)
         out[i, :3, 3] = centre + K_i[0, 0] / K[0, 0] * (pose[:3, 3] - centre)
     return out
 
 
-def reprojection_px(K: np.ndarray, c2w: np.ndarray, stored_K: np.ndarray, stored_c2w: np.ndarray, points: np.ndarray) -> Dict[str, float]:
+def reprojection_px(
+    K: np.ndarray, c2w: np.ndarray, stored_K: np.ndarray, stored_c2w: np.ndarray, points: np.ndarray
+) -> Dict[str, float]:
     """Mean and max pixel distance between ``points`` [M, 3] projected by the true and by the stored cameras."""
     dists = [
         np.linalg.norm(cameras.project_points(K_s, c_s, points)[0] - cameras.project_points(K, c, points)[0], axis=-1)

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from pmni_method import cameras_torch
+from pmni_method.cameras import rotation_between
 from pmni_method.poses.from_masks import centroid_rays
 
 with warnings.catch_warnings():
@@ -82,24 +83,6 @@ class PoseModelConfig:
 def se3_matrices(xi: Tensor) -> Tensor:
     """4x4 matrices (..., 4, 4) of se(3) vectors (..., 6) ``[tau, phi]`` (pypose order: translation first)."""
     return pp.se3(xi).Exp().matrix()
-
-
-def rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The smallest rotation (3x3) taking unit vector ``a`` to unit vector ``b`` (about ``a x b``)."""
-    a = np.asarray(a, dtype=np.float64) / np.linalg.norm(a)
-    b = np.asarray(b, dtype=np.float64) / np.linalg.norm(b)
-    axis = np.cross(a, b)
-    s, c = np.linalg.norm(axis), float(a @ b)
-    if s < 1e-12:
-        if c > 0:
-            return np.eye(3)
-        # Opposite vectors: any axis perpendicular to a works.
-        perp = np.cross(a, [1.0, 0.0, 0.0] if abs(a[0]) < 0.9 else [0.0, 1.0, 0.0])
-        perp /= np.linalg.norm(perp)
-        return 2.0 * np.outer(perp, perp) - np.eye(3)
-    k = axis / s
-    skew = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
-    return np.eye(3) + s * skew + (1.0 - c) * skew @ skew
 
 
 def recentre_on_masks(c2w: np.ndarray, K: np.ndarray, masks: np.ndarray) -> np.ndarray:

@@ -124,8 +124,8 @@ class LRScheduleConfig:
 
     def factor(self, step: int) -> float:
         """The multiplier at ``step``, always a Python float (numpy scalars break torch>=2.6 checkpoint loading)."""
-        # getattr: schedules saved in a config.yml before the field existed.
-        if step < getattr(self, "hold_fraction", 0.0) * self.total_steps:
+        # A config.yml saved before the field existed reads the class default, 0.
+        if step < self.hold_fraction * self.total_steps:
             return 0.0
         if step < self.warmup_steps:
             frac = step / max(self.warmup_steps, 1)
