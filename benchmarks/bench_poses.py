@@ -12,8 +12,9 @@ pairs). Runs, all with the same iteration budget:
 ``noisy``             5 deg / 5 % pose noise (pmni's ``noisy`` init), pose refinement (``presets.make_pose_free``:
                       camera 0 frozen)
 ``noisy-nomvc``       the same without the consistency term
-``ring``              turntable ring initialisation (elevation 0 unless --ring-elevation, while the truth is at
-                      10 deg; --ring-radius-factor 1.05 puts it 5 % too far), pose refinement (mean gauge)
+``ring``              turntable ring initialisation as a user without poses gets it (distance estimated from the
+                      masks and the focal length, PMNI's 25 deg elevation while the renders are at 10: issue 13's
+                      15 deg guess; --ring-elevation and --ring-radius-factor override), pose refinement (mean gauge)
 ``noisy-mean``        ``noisy`` with the mean gauge
 ``ring-frozen``       ``ring`` with PMNI's gauge (camera 0 frozen)
 
@@ -27,6 +28,8 @@ Examples::
     python benchmarks/bench_poses.py rescore --out /tmp/pose_bench   # re-evaluate cached runs, no training
     python benchmarks/bench_poses.py report --out /tmp/pose_bench
     python benchmarks/bench_poses.py alignment-floor --out /tmp/pose_bench   # CD of a perfect mesh vs pose error
+    python benchmarks/bench_poses.py register-floor --data DIR --checkpoint CALIBRATED_RUN/checkpoint.pt
+        # noisy poses registered against a frozen calibrated surface: how far the losses' own minimum is from the truth
 """
 
 from __future__ import annotations
@@ -52,11 +55,13 @@ OBJECTS = {"bunny": ("stanford-bunny.obj", 1000.0), "spot": ("spot.obj", 100.0)}
 RUNS = ("calibrated", "calibrated-nomvc", "noisy", "noisy-nomvc", "ring", "noisy-mean", "ring-frozen")
 NORMAL_DIR = "normal_camera_space_GT"
 
+# Issue 13's targets: rotation errors after the similarity alignment of the camera centres; the shape by its Chamfer
+# distance after pmni-eval's ICP refinement, against the calibrated run's (also refined) at the same budget.
 TARGETS = {
     "noisy_rotation_deg": 0.5,
-    "noisy_chamfer_over_calibrated": 1.5,
-    "ring_rotation_deg": 2.0,
-    "ring_chamfer_percent_of_diagonal": 1.0,
+    "noisy_rotation_deg_max": 1.5,
+    "ring_rotation_deg": 1.0,
+    "icp_chamfer_over_calibrated": 1.3,
 }
 
 
@@ -74,9 +79,9 @@ def dataset(out: Path, name: str) -> Path:
     return folder
 
 
-RING_START: Dict[str, float] = {"elevation_deg": 0.0, "radius_factor": 0.0}
-"""Ring runs' start: elevation (degrees; the renders are at 10) and radius as a multiple of the true mean camera
-distance (0: the dataparser's default, the stored poses' distance). Issue 13 asks for 25 degrees and 1.05."""
+RING_START: Dict[str, Optional[float]] = {"elevation_deg": None, "radius_factor": 0.0}
+"""Ring runs' start: elevation (degrees; None: the dataparser's 25, while the renders are at 10) and radius as a
+multiple of the true mean camera distance (0: the dataparser's estimate from the masks and the focal length)."""
 
 
 def ring_radius(data: Path, factor: float) -> Optional[float]:
@@ -111,7 +116,8 @@ def run_config(data: Path, out: Path, run: str, iterations: int, downscale: int,
     elif run.startswith("ring"):
         make_pose_free(config, "ring", NORMAL_DIR, gauge=gauge)
         parser = config.pipeline.datamanager.dataparser
-        parser.ring_elevation_deg = (RING_START["elevation_deg"],) * 2
+        if RING_START["elevation_deg"] is not None:
+            parser.ring_elevation_deg = (RING_START["elevation_deg"],) * 2
         parser.ring_radius = ring_radius(data, RING_START["radius_factor"])
     if run.endswith("nomvc"):
         schedule = config.pipeline.model.core.loss_schedule
@@ -308,6 +314,73 @@ def cmd_alignment_floor(args: argparse.Namespace) -> None:
             print(f"{name:6} {sigma:10.2f} {statistics.mean(rotation):8.3f} {cd:8.3f} {100 * cd / diagonal:8.3f}")
 
 
+def cmd_register_floor(args: argparse.Namespace) -> None:
+    """Register noisy starting poses against a *frozen* surface trained with the true poses (a train_core
+    checkpoint of the same preset), by the training step's own losses (Adam, every camera free, no gauge: the
+    surface fixes the frame), then optionally by pose-polish rounds (Levenberg-Marquardt, noise-free renders).
+
+    Joint training can do no better than its losses allow: where these errors stall, the losses' minimum itself lies
+    off the true poses (given this surface), and a better optimiser will not fix it."""
+    import math  # pylint: disable=import-outside-toplevel
+
+    from pmni_method.backends import reproducible_on_cpu  # pylint: disable=import-outside-toplevel
+    from pmni_method.data.diligent_mv import load_diligent_mv  # pylint: disable=import-outside-toplevel
+    from pmni_method.models.pose_polish import PosePolishConfig, PosePolisher  # pylint: disable=import-outside-toplevel
+    from pmni_method.models.presets import MAX_GRAD_NORMS, core_preset, with_iterations  # pylint: disable=import-outside-toplevel
+    from pmni_method.models.step import train_step  # pylint: disable=import-outside-toplevel
+    from pmni_method.poses.maths import pose_errors  # pylint: disable=import-outside-toplevel
+    from pmni_method.poses.starts import PoseInitConfig  # pylint: disable=import-outside-toplevel
+    from pmni_method.train_core import build_run  # pylint: disable=import-outside-toplevel
+
+    if not args.data or not args.checkpoint:
+        raise SystemExit("register-floor needs --data DIR and --checkpoint (a calibrated train_core checkpoint.pt)")
+    reproducible_on_cpu("cpu")
+    data = load_diligent_mv(
+        args.data, normal_dir=NORMAL_DIR, downscale_factor=args.downscale, data_checks="warn",
+        pose_init=PoseInitConfig(pose_init="noisy", pose_noise_seed=args.pose_seed),
+    )
+    preset = with_iterations(core_preset("pmni-fast"), args.iterations)
+    run = build_run(preset, data, "cpu")
+    run.core.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=False)["core"])
+    for p in run.core.parameters():
+        p.requires_grad_(False)
+    run.context.poses.free.fill_(1.0)
+    group = next(g for g in run.optimizer.param_groups if g["name"] == "camera_opt")
+    peak, steps, last = preset.pose_optim.lr, args.register_steps, preset.max_num_iterations - 1
+
+    def report(label: str) -> None:
+        e = pose_errors(run.context.poses.refined_c2w(), data.gt_c2w)
+        print(
+            f"{label:>14}  rotation mean {e['rotation_deg_mean']:.3f} max {max(e['rotation_deg']):.3f} "
+            f"relative {e['relative_rotation_deg_mean']:.3f} deg, translation {e['translation_relative_mean']:.4f}",
+            flush=True,
+        )
+
+    report("start")
+    for step in range(steps):
+        # The surface and the loss weights of the run's end; the poses' cosine schedule over the registration.
+        group["lr"] = peak * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * step / steps)))
+        run.core.train()
+        run.core.before_train_step(last)
+        result = train_step(run.core, run.batch(last), run.context)
+        run.optimizer.zero_grad(set_to_none=True)
+        sum(result.losses.values()).backward()
+        torch.nn.utils.clip_grad_norm_(group["params"], MAX_GRAD_NORMS["camera_opt"])
+        run.optimizer.step()
+        if (step + 1) % max(steps // 6, 1) == 0:
+            report(f"Adam {step + 1}")
+    run.core.eval()
+
+    def render(origins: torch.Tensor, directions: torch.Tensor, dnorm: torch.Tensor):
+        out = run.core.render(origins, directions, dnorm)
+        return out["normal"], out["accumulation"]
+
+    for k in range(args.polish_rounds):
+        polisher = PosePolisher(PosePolishConfig(pixels_per_view=1024, iterations=4), 1)
+        polisher.polish(run.context.poses, render, run.store, seed=k)
+        report(f"polish {k + 1}")
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     out = Path(args.out)
     results: Dict[str, Dict[str, Dict]] = {}
@@ -338,26 +411,25 @@ def cmd_report(args: argparse.Namespace) -> None:
         noisy, ring = runs.get("noisy"), runs.get("ring")
         if noisy is not None:
             checks.append(("noisy mean rotation error <= 0.5 deg", noisy["rotation_deg_mean"], TARGETS["noisy_rotation_deg"]))
-            if calibrated is not None:
-                checks.append((
-                    "noisy CD / calibrated CD <= 1.5",
-                    noisy["chamfer"] / calibrated["chamfer"],
-                    TARGETS["noisy_chamfer_over_calibrated"],
-                ))
+            checks.append(("noisy max rotation error <= 1.5 deg", noisy["rotation_deg_max"], TARGETS["noisy_rotation_deg_max"]))
         if ring is not None:
-            checks.append(("ring mean rotation error <= 2 deg", ring["rotation_deg_mean"], TARGETS["ring_rotation_deg"]))
-            checks.append((
-                "ring CD <= 1 % of the bbox diagonal",
-                ring["chamfer_percent_of_diagonal"],
-                TARGETS["ring_chamfer_percent_of_diagonal"],
-            ))
+            checks.append(("ring mean rotation error <= 1 deg", ring["rotation_deg_mean"], TARGETS["ring_rotation_deg"]))
+        for start in (noisy, ring):
+            if start is not None and calibrated is not None:
+                checks.append((
+                    f"{start['run']} CD after ICP / calibrated CD after ICP <= 1.3",
+                    start["icp_chamfer"] / calibrated["icp_chamfer"],
+                    TARGETS["icp_chamfer_over_calibrated"],
+                ))
         for label, value, target in checks:
             print(f"  {name}: {label}: {value:.3f} -> {'met' if value <= target else 'NOT met'}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["runs", "rescore", "mvc-cost", "report", "alignment-floor"])
+    parser.add_argument(
+        "command", choices=["runs", "rescore", "mvc-cost", "report", "alignment-floor", "register-floor"]
+    )
     parser.add_argument("--out", default="/tmp/pose_bench")
     parser.add_argument("--objects", nargs="*", default=list(OBJECTS), choices=list(OBJECTS))
     parser.add_argument("--runs", nargs="*", default=list(RUNS), choices=list(RUNS))
@@ -367,19 +439,25 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--trials", type=int, default=20, help="alignment-floor: random rigs per noise level")
     parser.add_argument("--pose-seed", type=int, default=0, help="seed of the noisy runs' pose noise (use another --out)")
-    parser.add_argument("--ring-elevation", type=float, default=0.0, help="ring runs: start elevation (degrees)")
     parser.add_argument(
-        "--ring-radius-factor", type=float, default=0.0, help="ring runs: start radius / true mean distance (0: stored)"
+        "--ring-elevation", type=float, default=None, help="ring runs: start elevation (degrees; default the dataparser's 25)"
+    )
+    parser.add_argument(
+        "--ring-radius-factor", type=float, default=0.0, help="ring runs: start radius / true mean distance (0: estimated from the masks)"
     )
     parser.add_argument("--warmup", type=int, default=150, help="mvc-cost: iterations trained before timing")
     parser.add_argument("--repeats", type=int, default=20, help="mvc-cost: timed iterations per variant")
+    parser.add_argument("--data", default="", help="register-floor: the dataset the checkpoint was trained on")
+    parser.add_argument("--checkpoint", default="", help="register-floor: a calibrated train_core checkpoint.pt")
+    parser.add_argument("--register-steps", type=int, default=300, help="register-floor: Adam steps")
+    parser.add_argument("--polish-rounds", type=int, default=0, help="register-floor: pose-polish rounds after Adam")
     args = parser.parse_args(argv)
     RING_START.update(elevation_deg=args.ring_elevation, radius_factor=args.ring_radius_factor)
     if args.threads:
         torch.set_num_threads(args.threads)
     commands = {
         "runs": cmd_runs, "rescore": cmd_rescore, "mvc-cost": cmd_mvc_cost, "report": cmd_report,
-        "alignment-floor": cmd_alignment_floor,
+        "alignment-floor": cmd_alignment_floor, "register-floor": cmd_register_floor,
     }
     commands[args.command](args)
 
