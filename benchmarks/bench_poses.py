@@ -13,8 +13,10 @@ pairs). Runs, all with the same iteration budget:
                       camera 0 frozen)
 ``noisy-nomvc``       the same without the consistency term
 ``ring``              turntable ring initialisation as a user without poses gets it (distance estimated from the
-                      masks and the focal length, PMNI's 25 deg elevation while the renders are at 10: issue 13's
-                      15 deg guess; --ring-elevation and --ring-radius-factor override), pose refinement (mean gauge)
+                      masks and the focal length, PMNI's 25 deg elevation guessed while the renders are at 10: issue
+                      13's 15 deg guess, which the silhouette search then corrects; --ring-elevation and
+                      --ring-radius-factor override), pose refinement (mean gauge, recentred onto the rays' meeting
+                      point)
 ``noisy-mean``        ``noisy`` with the mean gauge
 ``ring-frozen``       ``ring`` with PMNI's gauge (camera 0 frozen)
 

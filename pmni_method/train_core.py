@@ -269,6 +269,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--pose-noise-seed", type=int, default=0, help="with --pose-init noisy")
     parser.add_argument("--ring-radius", type=float, default=None, help="ring: normalised units; default from the masks")
     parser.add_argument("--ring-elevation-deg", type=float, nargs=2, default=(25.0, 25.0), help="ring: MIN MAX degrees")
+    parser.add_argument(
+        "--ring-elevation-search-deg", type=float, default=45.0,
+        help="ring: search this far about the elevation for the silhouettes' best agreement (0: as given)",
+    )
     parser.add_argument("--ring-reverse", action="store_true", help="ring: views go round the other way")
     parser.add_argument("--gauge", default=None, choices=["frozen-camera", "mean"], help="default: mean from a ring")
     parser.add_argument("--data-checks", default=None, choices=["error", "warn", "off"])
@@ -360,6 +364,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     pose_init = PoseInitConfig(
         pose_init=args.pose_init, poses_file=args.poses_file, pose_noise_seed=args.pose_noise_seed,
         ring_radius=args.ring_radius, ring_elevation_deg=tuple(args.ring_elevation_deg), ring_reverse=args.ring_reverse,
+        ring_elevation_search_deg=args.ring_elevation_search_deg,
     )
     # Checks that need the stored poses are meaningless from a ring or a file start.
     checks = args.data_checks or ("warn" if args.pose_init in ("noisy", "ring", "file") else "error")

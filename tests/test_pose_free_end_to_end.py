@@ -158,13 +158,14 @@ def test_one_switch_equals_the_explicit_flag_set() -> None:
         return pose_settings(model.camera_optimizer, model.core.loss_schedule, pose_init)
 
     for name in ("pmni-fast", "pmni"):
-        for start, gauge in (("ring", "mean"), ("noisy", "frozen-camera"), ("file", "frozen-camera")):
+        starts = (("ring", "mean", "rays"), ("noisy", "frozen-camera", "origin"), ("file", "frozen-camera", "origin"))
+        for start, gauge, target in starts:
             switch = make_pose_free(trainer_config(name), start)
             assert switch.pipeline.datamanager.dataparser.pose_init == start
             assert switch.pipeline.model.camera_optimizer.mode == "auto"  # config.yml keeps the switch itself
             explicit = trainer_config(name)
             flags = explicit.pipeline.model.camera_optimizer
-            flags.mode, flags.recentre_on_masks, flags.gauge = "SE3", True, gauge
+            flags.mode, flags.recentre_on_masks, flags.gauge, flags.recentre_target = "SE3", True, gauge, target
             schedule = explicit.pipeline.model.core.loss_schedule
             weight = POSE_FREE_MVC_WEIGHT
             schedule.stages = tuple(
@@ -174,6 +175,7 @@ def test_one_switch_equals_the_explicit_flag_set() -> None:
             pose_explicit, stages_explicit = resolved(explicit, start)
             assert pose == pose_explicit and stages == stages_explicit, (start, pose, pose_explicit)
             assert pose.mode == "SE3" and pose.recentre_on_masks and pose.gauge == gauge
+            assert pose.recentre_target == target
             assert all(stage.mvc >= POSE_FREE_MVC_WEIGHT for stage in stages.stages if stage.normal > 0), stages
             assert all(stage.mvc == 0.0 for stage in stages.stages if stage.normal == 0), stages
         # gt stays calibrated; explicit settings beat the switch.

@@ -44,11 +44,14 @@ def test_ring_distance_from_masks_and_focal_is_within_10_percent(bunny_dir: Path
         truth = float(np.linalg.norm(clean.c2w[:, :3, 3], axis=1).mean())
         estimate = estimate_camera_distance(clean.K, clean.masks)
         assert abs(estimate / truth - 1.0) < 0.10, (folder.name, estimate, truth)
-        # The ring start uses it (never the stored poses) and PMNI's 25-degree elevation.
-        ring = load_diligent_mv(folder, load_depth=False, normal_dir=CAMERA_NORMAL_DIR, pose_init=RING)
-        np.testing.assert_allclose(np.linalg.norm(ring.c2w[:, :3, 3], axis=1), estimate)
-        elevation = np.rad2deg(np.arcsin(ring.c2w[:, 1, 3] / estimate))
-        np.testing.assert_allclose(elevation, 25.0, atol=1e-6)
+        # The ring start uses it (never the stored poses) and PMNI's 25-degree elevation, unless the masks say
+        # otherwise (tests/test_ring_search.py).
+        for search, elevation in ((0.0, 25.0), (45.0, None)):
+            config = PoseInitConfig(pose_init="ring", ring_elevation_search_deg=search)
+            ring = load_diligent_mv(folder, load_depth=False, normal_dir=CAMERA_NORMAL_DIR, pose_init=config)
+            np.testing.assert_allclose(np.linalg.norm(ring.c2w[:, :3, 3], axis=1), estimate)
+            if elevation is not None:
+                np.testing.assert_allclose(np.rad2deg(np.arcsin(ring.c2w[:, 1, 3] / estimate)), elevation, atol=1e-6)
 
 
 @pytest.mark.parametrize("how", ["K.txt", "json", "npz"])
@@ -192,7 +195,7 @@ def test_plain_loop_and_ns_train_decide_the_same_pose_free_settings(bunny_dir: P
     model = trainer_config("pmni-fast").pipeline.model
     pose, schedule = pose_settings(model.camera_optimizer, model.core.loss_schedule, start)
     plain = run.context.poses.config
-    for name in ("mode", "gauge", "recentre_on_masks", "frozen_camera", "translation_unit"):
+    for name in ("mode", "gauge", "recentre_on_masks", "recentre_target", "frozen_camera", "translation_unit"):
         assert getattr(plain, name) == getattr(pose, name), name
     assert plain.recentre_on_masks and not np.allclose(run.context.poses.start.numpy(), np.eye(4))
     assert run.preset.core.loss_schedule.stages == schedule.stages

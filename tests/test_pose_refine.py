@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Tuple
 
 import numpy as np
@@ -12,10 +13,12 @@ from scipy.spatial.transform import Rotation
 from torch import Tensor
 
 from pmni_method import cameras
+from pmni_method.data.diligent_mv import load_diligent_mv
 from pmni_method.data.raystore import RayStore
-from pmni_method.models.pose_model import PoseModel, PoseModelConfig, recentre_on_masks
+from pmni_method.models.pose_model import PoseModel, PoseModelConfig
 from pmni_method.models.schedule import LRScheduleConfig
 from pmni_method.models.step import StepContext, train_step
+from pmni_method.poses.from_masks import recentre_on_masks
 from pmni_method.poses.maths import rotation_errors_deg
 from pmni_method.poses.starts import perturb_poses
 
@@ -150,7 +153,9 @@ def test_recentre_points_each_camera_at_the_origin() -> None:
     c2w = perturb_poses(data.c2w, 6.0, 0.0, seed=3, distribution="fixed")
     A = recentre_on_masks(c2w, data.K, data.masks)
     moved = A @ c2w
-    np.testing.assert_allclose(moved[:, :3, 3], c2w[:, :3, 3], atol=1e-12)  # turned about its own centre
+    # Turned about its own centre, then the whole rig shifted by one vector (the rays' meeting point to the origin).
+    shift = moved[:, :3, 3] - c2w[:, :3, 3]
+    np.testing.assert_allclose(shift, np.broadcast_to(shift[0], shift.shape), atol=1e-12)
     def centroid_ray(c2w_v: np.ndarray, v: int) -> np.ndarray:
         rows, cols = np.nonzero(data.masks[v])
         ray = c2w_v[:3, :3] @ np.linalg.solve(data.K[v], [cols.mean(), rows.mean(), 1.0])
@@ -165,6 +170,17 @@ def test_recentre_points_each_camera_at_the_origin() -> None:
         before.append(np.degrees(np.arccos(np.clip(centroid_ray(c2w[v], v) @ true_ray, -1, 1))))
         after.append(np.degrees(np.arccos(np.clip(ray @ true_ray, -1, 1))))
     assert max(after) < 1.0 and np.mean(before) > 2.0, (before, after)
+
+
+def test_recentring_the_true_cameras_adds_no_common_turn(bunny_dir: Path) -> None:
+    # The bunny's silhouette centroids lie below its centre: turning each true camera onto the origin would pitch
+    # them all together; turning them onto the point their rays meet leaves them (almost) as they are.
+    data = load_diligent_mv(bunny_dir, load_depth=False)
+    turns = {}
+    for consensus in (False, True):
+        moved = recentre_on_masks(data.c2w, data.K, data.masks, consensus=consensus) @ data.c2w
+        turns[consensus] = float(rotation_errors_deg(moved, data.c2w).mean())
+    assert turns[True] < 0.5 * turns[False] and turns[False] > 0.3, turns
 
 
 

@@ -327,7 +327,9 @@ def test_ring_init_through_loader(bunny_dir: Path) -> None:
     # pmni-synth's rig is a ring at 10 degrees elevation starting on +z around +y: the ring guess reproduces it.
     data = load_diligent_mv(
         bunny_dir, load_depth=False, normal_dir=CAMERA_NORMAL_DIR,
-        pose_init=PoseInitConfig(pose_init="ring", ring_elevation_deg=(10.0, 10.0), ring_radius=distance),
+        pose_init=PoseInitConfig(
+            pose_init="ring", ring_elevation_deg=(10.0, 10.0), ring_radius=distance, ring_elevation_search_deg=0.0
+        ),
     )
     assert data.view_ids == clean.view_ids and data.c2w.shape == (8, 4, 4) and data.pose_init == "ring"
     np.testing.assert_array_equal(data.K, clean.K)
@@ -335,7 +337,8 @@ def test_ring_init_through_loader(bunny_dir: Path) -> None:
     np.testing.assert_allclose(data.c2w, clean.c2w, atol=1e-6)
     # A flat ring of another radius is a different start, but a similarity away in centres only.
     flat = load_diligent_mv(
-        bunny_dir, load_depth=False, pose_init=PoseInitConfig(pose_init="ring", ring_radius=5.0), downscale_factor=2,
+        bunny_dir, load_depth=False, pose_init=PoseInitConfig(pose_init="ring", ring_radius=5.0, ring_elevation_search_deg=0.0),
+        downscale_factor=2,
         normal_dir=CAMERA_NORMAL_DIR,
     )
     np.testing.assert_allclose(np.linalg.norm(flat.c2w[:, :3, 3], axis=1), 5.0)
@@ -369,6 +372,8 @@ def test_file_init_through_loader(bunny_dir: Path, tmp_path: Path) -> None:
         (dict(pose_init="file"), "poses_file: required"),
         (dict(pose_init="gt", poses_file=Path("x.npy")), "but pose_init is 'gt'"),
         (dict(pose_init="ring", ring_radius=0.5), "ring_radius"),
+        (dict(pose_init="ring", ring_elevation_search_deg=-1.0), "ring_elevation_search_deg"),
+        (dict(pose_init="ring", ring_elevation_search_deg=float("nan")), "ring_elevation_search_deg"),
         (dict(pose_init="noisy", pose_noise_rotation_deg=-1.0), "pose_noise_rotation_deg"),
         (dict(pose_init="sideways"), "pose_init"),
     ],

@@ -22,10 +22,9 @@ from typing import Sequence
 
 import numpy as np
 
-from pmni_method import cameras
 from pmni_method.errors import PMNIDataError
 from pmni_method.data.plausibility import MISS_WARN_FRACTION, sphere_ray_distances
-from pmni_method.poses.from_masks import centroid_rays, nearest_point_to_rays, silhouette_half_angles
+from pmni_method.poses.from_masks import carve, centroid_rays, nearest_point_to_rays, silhouette_half_angles
 
 HULL_RESOLUTION = 64
 """Voxels per side of the carving grid."""
@@ -34,27 +33,6 @@ HULL_MARGIN = 1.1
 true object; the hull is a little larger than the object, the margin covers mask errors of a few pixels)."""
 _MAX_GROWTH = 6
 """How many times the search box may double before the hull is declared unbounded."""
-
-
-def carve(K: np.ndarray, c2w: np.ndarray, masks: Sequence[np.ndarray], points: np.ndarray) -> np.ndarray:
-    """(M,) which of ``points`` (capture frame) every view keeps: it projects into the view's mask.
-
-    A view whose mask stays off the image border sees the whole object, so it carves away what projects outside the
-    image or lies behind the camera; a view whose mask touches the border may have lost part of the object past
-    it, so it keeps those points (a partial view only ever keeps too much, never too little).
-    """
-    keep = np.ones(len(points), dtype=bool)
-    for k, pose, mask in zip(K, c2w, masks):
-        height, width = mask.shape
-        touches_border = bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
-        uv, z = cameras.project_points(k, pose, points)
-        with np.errstate(invalid="ignore"):
-            col, row = np.round(uv[:, 0]), np.round(uv[:, 1])
-        seen = (z > 0) & (col >= 0) & (col < width) & (row >= 0) & (row < height)
-        inside = np.zeros(len(points), dtype=bool)
-        inside[seen] = mask[row[seen].astype(np.int64), col[seen].astype(np.int64)]
-        keep &= inside | (~seen if touches_border else False)
-    return keep
 
 
 def _grid(centre: np.ndarray, half: float, resolution: int) -> np.ndarray:

@@ -40,8 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from pmni_method import cameras_torch
-from pmni_method.cameras import rotation_between
-from pmni_method.poses.from_masks import centroid_rays
+from pmni_method.poses.from_masks import recentre_on_masks
 
 with warnings.catch_warnings():
     # pypose's import uses torch.jit.script, which current torch flags as deprecated on every import.
@@ -78,26 +77,15 @@ class PoseModelConfig:
     """None: on for a pose-free start (any but gt) when refining. Before training, turn each camera about its own centre so that its mask centroid looks at the origin (the
     object centre of the normalised frame). Pose-free starts can be off by more than the object's angular size, so
     that foreground rays miss the scene sphere and give no gradient; this brings every view onto the object."""
+    recentre_target: Literal["auto", "origin", "rays"] = "auto"
+    """Where recentring turns each camera. origin: the normalised frame's centre (the object's, for a start in the
+    dataset's scale_mat frame); rays: the point the mask-centroid rays meet, then the rig is shifted to put it at the
+    origin (a ring's frame is made up); auto: rays from a ring start, origin otherwise (presets.pose_settings)."""
 
 
 def se3_matrices(xi: Tensor) -> Tensor:
     """4x4 matrices (..., 4, 4) of se(3) vectors (..., 6) ``[tau, phi]`` (pypose order: translation first)."""
     return pp.se3(xi).Exp().matrix()
-
-
-def recentre_on_masks(c2w: np.ndarray, K: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Left transforms (N, 4, 4) that turn each OpenCV camera about its own centre so that the ray through its mask
-    centroid passes through the origin. The centre stays put: ``A = [R_a | c - R_a c]``."""
-    c2w = np.asarray(c2w, dtype=np.float64)
-    out = np.tile(np.eye(4), (len(c2w), 1, 1))
-    centres, rays = centroid_rays(c2w, K, masks)
-    for i, (centre, ray) in enumerate(zip(centres, rays)):
-        if not ray.any() or np.linalg.norm(centre) < 1e-9:
-            continue  # an empty mask points nowhere; a camera at the origin looks at it from everywhere
-        R = rotation_between(ray, -centre)
-        out[i, :3, :3] = R
-        out[i, :3, 3] = centre - R @ centre
-    return out
 
 
 class PoseModel(nn.Module):
@@ -137,7 +125,7 @@ class PoseModel(nn.Module):
         if config.recentre_on_masks:
             if K is None or masks is None:
                 raise ValueError("recentre_on_masks needs the intrinsics and masks of the training views")
-            start = recentre_on_masks(c2w.double().numpy(), K, masks)
+            start = recentre_on_masks(c2w.double().numpy(), K, masks, consensus=config.recentre_target == "rays")
         # Saved: a checkpoint alone then fixes the refined poses, whatever masks a later run would recentre on.
         self.register_buffer("start", torch.as_tensor(start, dtype=torch.float32))
         if self.gauge not in ("frozen-camera", "mean"):

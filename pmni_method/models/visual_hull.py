@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from pmni_method.data.hull_bound import carve
+from pmni_method.poses.from_masks import carve
 
 
 def visual_hull_occupancy(
     K: np.ndarray, c2w: np.ndarray, masks: np.ndarray, resolution: int = 64
 ) -> np.ndarray:
     """Boolean (R, R, R) grid over [-1, 1]^3: inside the unit sphere and kept by every view
-    (:func:`pmni_method.data.hull_bound.carve`, which also decides what a view that misses part of the object
+    (:func:`pmni_method.poses.from_masks.carve`, which also decides what a view that misses part of the object
     may carve)."""
     axis = (np.arange(resolution) + 0.5) / resolution * 2.0 - 1.0
     pts = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)

@@ -18,6 +18,7 @@ from pmni_method.errors import PMNIDataError
 from pmni_method.poses.files import load_poses_file
 from pmni_method.poses.from_masks import apply_similarity, estimate_camera_distance, normalise_start
 from pmni_method.poses.maths import camera_distances
+from pmni_method.poses.ring_search import search_ring_elevation
 
 PoseInit = Literal["gt", "noisy", "ring", "file"]
 POSE_INITS: Tuple[str, ...] = PoseInit.__args__  # type: ignore[attr-defined]
@@ -137,6 +138,8 @@ class PoseInitConfig:
     (the object assumed to fill the unit sphere)."""
     ring_elevation_deg: Tuple[float, float] = (25.0, 25.0)
     """ring: elevation above the ring plane in degrees (PMNI: 25), (min, max) spread linearly over the views in order."""
+    ring_elevation_search_deg: float = 45.0
+    """ring: shift the elevation by up to this many degrees to where the masks' silhouettes agree best (0: as given)."""
     ring_up: Tuple[float, float, float] = (0.0, 1.0, 0.0)
     """ring: turntable axis and image-up direction in the normalised frame (pmni-synth's default is +y)."""
     ring_start_azimuth_deg: float = 0.0
@@ -203,15 +206,34 @@ def initial_poses(
         if not (np.isfinite(radius) and radius > 1.0):
             # The object fills the unit sphere: a camera at distance <= 1 would sit inside it.
             raise PMNIDataError(f"ring_radius: {radius} puts the cameras inside the unit sphere; it must be > 1")
-        try:
+        search = config.ring_elevation_search_deg
+        if not (np.isfinite(search) and search >= 0):
+            raise PMNIDataError(f"ring_elevation_search_deg: must be a number >= 0, not {search}")
+        guess = np.asarray(config.ring_elevation_deg, dtype=np.float64)
+
+        def ring(shift: float) -> np.ndarray:
             return ring_initialisation(
                 len(view_ids),
                 radius,
-                elevation_deg=tuple(config.ring_elevation_deg),
+                elevation_deg=tuple(guess + shift),
                 up=config.ring_up,
                 start_azimuth_deg=config.ring_start_azimuth_deg,
                 reverse=config.ring_reverse,
             )
+
+        try:
+            start = ring(0.0)  # the guess itself must be a valid ring before anything is searched about it
+            if search > 0:
+                found = search_ring_elevation(ring, K, masks, guess, search)
+                start = ring(found.shift_deg)
+                # The estimate replaces what the user typed (or the default): say so, with the evidence.
+                print(
+                    f"ring start: elevation {np.round(guess + found.shift_deg, 1).tolist()} deg (guess "
+                    f"{guess.tolist()}), where the masks' silhouettes agree best: {found.agreement:.3f} of their rays "
+                    f"vs {found.guess_agreement:.3f} at the guess",
+                    flush=True,
+                )
+            return start
         except ValueError as e:
             raise PMNIDataError(f"ring initialisation: {e}") from None
     if config.poses_file is None:
