@@ -67,7 +67,7 @@ def test_calibrated_poses_beside_a_mesh_do_not_move_it(bunny_dir, tmp_path):
 
 
 def _look_at_origin(c2w: np.ndarray) -> np.ndarray:
-    from pmni_method.models.pose_model import rotation_between
+    from pmni_method.cameras import rotation_between
 
     out = c2w.copy()
     for i in range(len(out)):
