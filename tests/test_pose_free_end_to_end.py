@@ -169,7 +169,10 @@ def test_one_switch_equals_the_explicit_flag_set() -> None:
             schedule = explicit.pipeline.model.core.loss_schedule
             weight = POSE_FREE_MVC_WEIGHT
             schedule.stages = tuple(
-                dataclasses.replace(s, mvc=max(s.mvc, weight)) if s.normal > 0 else s for s in schedule.stages
+                dataclasses.replace(
+                    s, mvc=max(s.mvc, weight) if s.normal > 0 else s.mvc, depth=0.0 if start == "ring" else s.depth
+                )
+                for s in schedule.stages
             )
             pose, stages = resolved(switch, start)
             pose_explicit, stages_explicit = resolved(explicit, start)
@@ -178,6 +181,9 @@ def test_one_switch_equals_the_explicit_flag_set() -> None:
             assert pose.recentre_target == target
             assert all(stage.mvc >= POSE_FREE_MVC_WEIGHT for stage in stages.stages if stage.normal > 0), stages
             assert all(stage.mvc == 0.0 for stage in stages.stages if stage.normal == 0), stages
+            # A searched ring starts with the rig's common pitch right; the depth term would move it.
+            depths = [stage.depth for stage in stages.stages]
+            assert (max(depths) == 0.0) == (start == "ring"), (start, depths)
         # gt stays calibrated; explicit settings beat the switch.
         pose, stages = resolved(trainer_config(name), "gt")
         assert pose.mode == "off" and stages == trainer_config(name).pipeline.model.core.loss_schedule
@@ -186,6 +192,7 @@ def test_one_switch_equals_the_explicit_flag_set() -> None:
         off.pipeline.model.camera_optimizer.mode = "off"
         assert resolved(off, "ring")[0].mode == "off"
         no_mvc = make_pose_free(trainer_config(name), "ring", mvc_weight=0.0)
+        no_mvc.pipeline.model.core.loss_schedule.pose_free_depth = True
         assert resolved(no_mvc, "ring")[1].stages == trainer_config(name).pipeline.model.core.loss_schedule.stages
     # The calibrated presets keep the consistency term for their last stage only.
     calibrated = trainer_config("pmni-fast").pipeline.model.core.loss_schedule.stages

@@ -82,6 +82,9 @@ class LossScheduleConfig:
     pose_free_mvc: float = POSE_FREE_MVC_WEIGHT
     """When the poses are refined: the multi-view consistency weight (at least) in every stage that trains normals;
     0 leaves the stages as they are."""
+    pose_free_depth: Optional[bool] = None
+    """When the poses are refined: keep the scale-invariant depth term; None: off from a ring start, on otherwise
+    (it pulls every camera's pitch together towards one value, which helps a noisy start and hurts a searched ring)."""
 
     def stage_at(self, step: int) -> LossStage:
         progress = step / max(self.total_steps, 1)
