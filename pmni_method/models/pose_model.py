@@ -74,9 +74,10 @@ class PoseModelConfig:
     """With gauge frozen-camera: the training camera whose correction stays exactly the identity; negative counts
     from the end."""
     recentre_on_masks: Optional[bool] = False
-    """None: on for a pose-free start (any but gt) when refining. Before training, turn each camera about its own centre so that its mask centroid looks at the origin (the
-    object centre of the normalised frame). Pose-free starts can be off by more than the object's angular size, so
-    that foreground rays miss the scene sphere and give no gradient; this brings every view onto the object."""
+    """None: on for a pose-free start (any but gt) when refining. Before training, turn each camera about its own
+    centre so that its mask centroid looks at the object centre (recentre_target). Pose-free starts can be off by
+    more than the object's angular size, so that foreground rays miss the scene sphere and give no gradient; this
+    brings every view onto the object."""
     recentre_target: Literal["auto", "origin", "rays"] = "auto"
     """Where recentring turns each camera. origin: the normalised frame's centre (the object's, for a start in the
     dataset's scale_mat frame); rays: the point the mask-centroid rays meet, then the rig is shifted to put it at the
