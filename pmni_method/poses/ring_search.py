@@ -19,6 +19,7 @@ from typing import Callable, Dict, Sequence
 
 import numpy as np
 
+from pmni_method import cameras
 from pmni_method.poses.from_masks import carve, recentre_on_masks
 
 RAYS_PER_VIEW = 400
@@ -54,11 +55,10 @@ def silhouette_agreement(
         if len(rows) == 0:
             continue
         pick = rng.choice(len(rows), size=min(rays_per_view, len(rows)), replace=False)
-        pixels = np.stack([cols[pick], rows[pick], np.ones(len(pick))], axis=1).astype(np.float64)
-        directions = pixels @ np.linalg.inv(K[i]).T @ c2w[i, :3, :3].T
-        directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+        height, width = np.shape(mask)
+        _, directions = cameras.pixel_rays(K[i], c2w[i], height, width, np.stack([rows[pick], cols[pick]], axis=1))
         origin = c2w[i, :3, 3]
-        # The chord of each ray through the unit sphere; a ray that misses it passes through no kept point.
+        # The chord of each ray through the unit sphere; a ray that misses it is tested at its closest approach.
         b = directions @ origin
         disc = np.maximum(b * b - (origin @ origin - 1.0), 0.0)
         near, far = -b - np.sqrt(disc), -b + np.sqrt(disc)
