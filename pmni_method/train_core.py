@@ -18,6 +18,7 @@ import dataclasses
 import math
 import sys
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -330,20 +331,39 @@ def _set_field(config: Any, path: List[str], text: str, where: str) -> Any:
         return dataclasses.replace(config, **{name: _set_field(current, path[1:], text, where)})
     if len(path) > 1:
         raise ValueError(f"{where}: {name} is not a nested config")
+    kind = _field_kind(config, name, current)
     try:
-        if isinstance(current, bool):
+        if text.strip().lower() == "none" and _optional(config, name):
+            value: Any = None
+        elif kind is bool:
             if text.lower() not in ("true", "false", "1", "0"):
                 raise ValueError(text)
-            value: Any = text.lower() in ("true", "1")
-        elif isinstance(current, (int, float)):
-            value = type(current)(text)
-        elif current is None or isinstance(current, str):
+            value = text.lower() in ("true", "1")
+        elif kind in (int, float):
+            value = kind(text)
+        elif kind is str:
             value = text
         else:
             raise ValueError(text)
     except ValueError:
-        raise ValueError(f"{where}: {name} takes a {type(current).__name__}") from None
+        raise ValueError(f"{where}: {name} takes a {kind.__name__}") from None
     return dataclasses.replace(config, **{name: value})
+
+
+def _field_kind(config: Any, name: str, current: Any) -> type:
+    """The type a ``FIELD=VALUE`` text is read as: the current value's, or for a field that is None now its
+    annotation's (``Optional[bool]`` reads ``False`` as False, not as the true string "False")."""
+    if current is not None:
+        return type(current)
+    hint = typing.get_type_hints(type(config)).get(name)
+    kinds = [k for k in typing.get_args(hint) if k is not type(None)] or [hint]
+    kind = kinds[0] if len(kinds) == 1 else str
+    return kind if kind in (bool, int, float, str) else str
+
+
+def _optional(config: Any, name: str) -> bool:
+    hint = typing.get_type_hints(type(config)).get(name)
+    return type(None) in typing.get_args(hint)
 
 
 def apply_core_settings(preset: CorePreset, settings: Sequence[str]) -> CorePreset:

@@ -117,7 +117,12 @@ def test_core_set_types_values_and_refuses_unknown_fields() -> None:
     staged = apply_core_settings(core_preset("pmni-fast"), ["loss_schedule.stages.2.mask=0.5"])
     assert [s.mask for s in staged.core.loss_schedule.stages] == [3.0, 5.0, 0.5]
     assert core_preset("pmni-fast").core.loss_schedule.stages[2].mask == 5.0
+    # A field that is None now is read by its annotation: "False" for an Optional[bool] is False, not the string.
+    for text, value in (("False", False), ("1", True), ("none", None)):
+        depth = apply_core_settings(core_preset("pmni-fast"), [f"loss_schedule.pose_free_depth={text}"])
+        assert depth.core.loss_schedule.pose_free_depth is value
     for bad, words in (
+        ("loss_schedule.pose_free_depth=maybe", "takes a bool"), ("grazing_cos=none", "takes a float"),
         ("no_such=1", "FIELD=VALUE"), ("grazing_cos=x", "takes a float"), ("sampler=1", "nested"),
         ("sampler.nope=1", "FIELD=VALUE"), ("grazing_cos.x=1", "not a nested"), ("loss_schedule.stages=1", "takes a tuple"),
         ("loss_schedule.stages.3.mask=1", "use stages.0 to stages.2"), ("loss_schedule.stages.x.mask=1", "3 entries"),
