@@ -342,7 +342,7 @@ def cmd_register_floor(args: argparse.Namespace) -> None:
         pose_init=PoseInitConfig(pose_init="noisy", pose_noise_seed=args.pose_seed),
     )
     preset = with_iterations(core_preset("pmni-fast"), args.iterations)
-    run = build_run(preset, data, "cpu")
+    run = build_run(preset, data, "cpu", pose_coordinates=args.pose_coordinates)
     run.core.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=False)["core"])
     for p in run.core.parameters():
         p.requires_grad_(False)
@@ -452,6 +452,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--data", default="", help="register-floor: the dataset the checkpoint was trained on")
     parser.add_argument("--checkpoint", default="", help="register-floor: a calibrated train_core checkpoint.pt")
     parser.add_argument("--register-steps", type=int, default=300, help="register-floor: Adam steps")
+    parser.add_argument(
+        "--pose-coordinates", default="world", choices=["world", "camera"], help="register-floor: what Adam steps"
+    )
     parser.add_argument("--polish-rounds", type=int, default=0, help="register-floor: pose-polish rounds after Adam")
     args = parser.parse_args(argv)
     RING_START.update(elevation_deg=args.ring_elevation, radius_factor=args.ring_radius_factor)

@@ -88,16 +88,18 @@ def build_run(
     resolution_schedule: Optional[ResolutionScheduleConfig] = None,
     consistency: Optional[MultiViewConsistencyConfig] = None,
     intrinsics: Optional[IntrinsicsModelConfig] = None,
+    pose_coordinates: str = "world",
 ) -> CoreRun:
     """Core, ray store, pose model and optimiser for ``data``; pose refinement on for any start but ``gt`` (or as
     ``refine_poses`` says), decided by the same one switch as ``ns-train`` (:func:`presets.pose_settings`).
     ``pose_init`` defaults to the start the data was loaded with. ``resolution_schedule`` trains coarse to fine
     over downscaled copies of ``data`` (:mod:`pmni_method.data.pyramid`); the poses, the consistency term and the
     initial sphere always use ``data`` as given. ``consistency`` is the consistency term's configuration (its
-    pose-free variant when the poses are refined)."""
+    pose-free variant when the poses are refined). ``pose_coordinates`` is what the pose optimiser steps
+    (:attr:`PoseModelConfig.coordinates`)."""
     mode = "auto" if refine_poses is None else ("SE3" if refine_poses else "off")
     pose_config, preset.core.loss_schedule = pose_settings(
-        PoseModelConfig(mode=mode, gauge=gauge or "auto", recentre_on_masks=None),
+        PoseModelConfig(mode=mode, gauge=gauge or "auto", recentre_on_masks=None, coordinates=pose_coordinates),
         preset.core.loss_schedule,
         pose_init or data.pose_init,
     )
@@ -275,6 +277,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="ring: search this far about the elevation for the silhouettes' best agreement (0: as given)",
     )
     parser.add_argument("--ring-reverse", action="store_true", help="ring: views go round the other way")
+    parser.add_argument(
+        "--pose-coordinates", default="world", choices=["world", "camera"],
+        help="what the pose optimiser steps: se(3) vectors (world) or each camera's six motions (camera)",
+    )
     parser.add_argument("--gauge", default=None, choices=["frozen-camera", "mean"], help="default: mean from a ring")
     parser.add_argument("--data-checks", default=None, choices=["error", "warn", "off"])
     parser.add_argument("--seed", type=int, default=0)
@@ -415,6 +421,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         run = build_run(
             preset, train, args.device, gauge=args.gauge, seed=args.seed, resolution_schedule=schedule,
             consistency=consistency, intrinsics=IntrinsicsModelConfig(enabled=args.refine_intrinsics),
+            pose_coordinates=args.pose_coordinates,
         )
     except PMNIDataError as err:
         # A schedule level can be too coarse for the data (masks that vanish when averaged).
@@ -435,6 +442,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "train_seconds": seconds,
         "device": str(args.device),
         "pose_init": args.pose_init,
+        "pose_coordinates": args.pose_coordinates,
         "refine_intrinsics": bool(args.refine_intrinsics),
         "downscale": args.downscale_factor,
         "resolution_schedule": dataclasses.asdict(schedule) if schedule.enabled else None,

@@ -195,8 +195,16 @@ def test_plain_loop_and_ns_train_decide_the_same_pose_free_settings(bunny_dir: P
     model = trainer_config("pmni-fast").pipeline.model
     pose, schedule = pose_settings(model.camera_optimizer, model.core.loss_schedule, start)
     plain = run.context.poses.config
-    for name in ("mode", "gauge", "recentre_on_masks", "recentre_target", "frozen_camera", "translation_unit"):
+    for name in (
+        "mode", "gauge", "recentre_on_masks", "recentre_target", "frozen_camera", "translation_unit", "coordinates",
+        "motion_scales",
+    ):
         assert getattr(plain, name) == getattr(pose, name), name
     assert plain.recentre_on_masks and not np.allclose(run.context.poses.start.numpy(), np.eye(4))
     assert run.preset.core.loss_schedule.stages == schedule.stages
     assert run.context.consistency == pose_free_consistency(model.consistency)
+    if start == "noisy":
+        # The other coordinates start from the same poses: only what the optimiser steps differs.
+        camera = build_run(core_preset("pmni-fast"), data, "cpu", pose_coordinates="camera").context.poses
+        assert camera.config.coordinates == "camera" and camera.xi_basis.shape == (data.num_views, 6, 6)
+        np.testing.assert_allclose(camera.refined_c2w(), run.context.poses.refined_c2w(), atol=1e-6)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 from typing import Tuple
 
@@ -105,17 +106,18 @@ def test_mean_gauge_moves_every_camera_and_ignores_a_common_correction() -> None
     assert grad.abs().sum() > 0 and grad.sum(0).abs().max() < 1e-5, grad
 
 
-def test_setting_poses_under_each_gauge() -> None:
+@pytest.mark.parametrize("coordinates", ["world", "camera"])
+def test_setting_poses_under_each_gauge(coordinates: str) -> None:
     c2w = cameras.ring_poses(4, 4.0, elevation_deg=10.0)
     targets = [torch.as_tensor(perturb_poses(np.eye(4)[None], 2.0, 0.0, seed=s)[0], dtype=torch.float32) for s in (1, 2)]
-    frozen = PoseModel(PoseModelConfig(mode="SE3"), c2w_init=c2w)
+    frozen = PoseModel(PoseModelConfig(mode="SE3", coordinates=coordinates), c2w_init=c2w)
     frozen.set_left_transforms([0, 2], targets)
     # Camera 0 fixes the gauge and stays; camera 2 gets exactly what was asked; the others are untouched.
     assert torch.equal(frozen.left_transforms()[0], torch.eye(4))
     torch.testing.assert_close(frozen.left_transforms()[2], targets[1], atol=1e-6, rtol=0)
     assert torch.equal(frozen.left_transforms()[[1, 3]], torch.eye(4).expand(2, 4, 4))
 
-    mean = PoseModel(PoseModelConfig(mode="SE3", gauge="mean"), c2w_init=c2w)
+    mean = PoseModel(PoseModelConfig(mode="SE3", gauge="mean", coordinates=coordinates), c2w_init=c2w)
     # Opposite turns of two cameras have zero mean, so they are representable exactly.
     up = targets[0]
     down = torch.linalg.inv(up)
@@ -124,7 +126,7 @@ def test_setting_poses_under_each_gauge() -> None:
     torch.testing.assert_close(mean.left_transforms()[3], down, atol=1e-6, rtol=0)
     torch.testing.assert_close(mean.left_transforms()[[0, 2]], torch.eye(4).expand(2, 4, 4), atol=1e-6, rtol=0)
     # One camera alone is not: the rig keeps its mean, so that camera takes 3/4 of the turn and the others -1/4.
-    single = PoseModel(PoseModelConfig(mode="SE3", gauge="mean"), c2w_init=c2w)
+    single = PoseModel(PoseModelConfig(mode="SE3", gauge="mean", coordinates=coordinates), c2w_init=c2w)
     single.set_left_transforms([2], [up])
     angles = rotation_errors_deg(single.left_transforms().detach().double().numpy(), np.eye(3)[None].repeat(4, 0))
     full = float(rotation_errors_deg(up.double().numpy(), np.eye(3)))
@@ -132,9 +134,10 @@ def test_setting_poses_under_each_gauge() -> None:
 
 
 @pytest.mark.parametrize("gauge", ["frozen-camera", "mean"])
-def test_state_dict_loads_with_weights_only(gauge: str) -> None:
+@pytest.mark.parametrize("coordinates", ["world", "camera"])
+def test_state_dict_loads_with_weights_only(gauge: str, coordinates: str) -> None:
     c2w = cameras.ring_poses(4, 4.0)
-    config = PoseModelConfig(mode="SE3", gauge=gauge)
+    config = PoseModelConfig(mode="SE3", gauge=gauge, coordinates=coordinates)
     refiner = PoseModel(config, c2w_init=c2w)
     with torch.no_grad():
         refiner.xi.copy_(torch.randn(4, 6) * 0.1)
@@ -146,6 +149,40 @@ def test_state_dict_loads_with_weights_only(gauge: str) -> None:
     fresh.load_state_dict(state)
     np.testing.assert_array_equal(fresh.refined_c2w(), refiner.refined_c2w())
     assert type(fresh.xi).__module__.startswith("pypose")  # still the pypose parameter the optimiser steps
+    # Corrections of the other coordinates would mean other motions: they must not load quietly.
+    other = PoseModel(replace(config, coordinates="world" if coordinates == "camera" else "camera"), c2w_init=c2w)
+    with pytest.raises(RuntimeError, match="xi_basis"):
+        other.load_state_dict(state)
+
+
+def test_camera_coordinates_step_each_camera_by_its_own_motions() -> None:
+    c2w = cameras.ring_poses(3, 4.0, elevation_deg=20.0)
+    model = PoseModel(
+        PoseModelConfig(mode="SE3", frozen_camera=0, coordinates="camera", motion_scales=(2.0, 2.0, 1.0, 1.0, 1.0, 1.0)),
+        c2w_init=c2w,
+    )
+    start = c2w[1]
+    for k, motion in enumerate(["orbit", "orbit", "roll", "turn", "turn", "distance"]):
+        with torch.no_grad():
+            model.xi.data.zero_()
+            model.xi.data[1, k] = 0.01
+        moved = model.refined_c2w()[1]
+        turn = float(rotation_errors_deg(moved[:3, :3], start[:3, :3]))
+        shift = moved[:3, 3] - start[:3, 3]
+        aim = float(np.dot(moved[:3, 2], -moved[:3, 3] / np.linalg.norm(moved[:3, 3])))
+        if motion == "orbit":  # about the object: the distance and the aim at the origin stay, the camera turns 2x
+            np.testing.assert_allclose(turn, np.degrees(0.02), rtol=1e-3)
+            np.testing.assert_allclose(np.linalg.norm(moved[:3, 3]), 4.0, rtol=1e-5)
+            assert aim > 1 - 1e-6 and np.linalg.norm(shift) > 0.07
+        elif motion == "roll":  # about its own axis: nothing moves but the image's turn
+            np.testing.assert_allclose(turn, np.degrees(0.01), rtol=1e-3)
+            assert np.linalg.norm(shift) < 1e-6
+        elif motion == "turn":  # about its own centre: the centre stays, the aim leaves the origin
+            np.testing.assert_allclose(turn, np.degrees(0.01), rtol=1e-3)
+            assert np.linalg.norm(shift) < 1e-6 and aim < 1 - 1e-5
+        else:  # along its axis, by 1 % of the mean distance
+            assert turn < 1e-4
+            np.testing.assert_allclose(shift, 0.04 * start[:3, 2], atol=1e-6)
 
 
 def test_recentre_points_each_camera_at_the_origin() -> None:

@@ -78,6 +78,15 @@ class PoseModelConfig:
     centre so that its mask centroid looks at the object centre (recentre_target). Pose-free starts can be off by
     more than the object's angular size, so that foreground rays miss the scene sphere and give no gradient; this
     brings every view onto the object."""
+    coordinates: Literal["world", "camera"] = "world"
+    """What the optimiser steps. world: the se(3) vector of each left correction. camera: six motions of each
+    camera, built from its start (turns about the object about the camera's up and right axes, roll, turns about
+    its own centre about the same two axes, motion along its axis), so that Adam's per-coordinate step sizes match
+    how differently the images see them: a turn about the object changes the image a few hundred times less than a
+    turn about the camera's own centre."""
+    motion_scales: Tuple[float, float, float, float, float, float] = (3.0, 3.0, 1.0, 1.0, 1.0, 3.0)
+    """With coordinates camera: step size of each motion (orbit about up, orbit about right, roll, turn about up,
+    turn about right, distance) relative to the learning rate."""
     recentre_target: Literal["auto", "origin", "rays"] = "auto"
     """Where recentring turns each camera. origin: the normalised frame's centre (the object's, for a start in the
     dataset's scale_mat frame); rays: the point the mask-centroid rays meet, then the rig is shifted to put it at the
@@ -87,6 +96,29 @@ class PoseModelConfig:
 def se3_matrices(xi: Tensor) -> Tensor:
     """4x4 matrices (..., 4, 4) of se(3) vectors (..., 6) ``[tau, phi]`` (pypose order: translation first)."""
     return pp.se3(xi).Exp().matrix()
+
+
+def camera_motion_basis(c2w: np.ndarray, unit: float, scales: Sequence[float]) -> np.ndarray:
+    """[N, 6, 6] maps from each camera's six motions to the unscaled se(3) vector ``[tau / unit, phi]`` of a left
+    correction (columns: orbit about the camera's up axis and about its right axis through the origin, roll about its
+    axis, turns about its own centre about up and right, motion along its axis in units of ``unit``; one unit of
+    each is ``scales[k]`` radians or units).
+
+    A left rotation ``phi`` about an axis through the point ``p`` has ``tau = p x phi``: through the origin it is a
+    pure rotation, through the camera centre ``C`` it also carries ``C x phi``.
+    """
+    c2w = np.asarray(c2w, dtype=np.float64)
+    out = np.zeros((len(c2w), 6, 6))
+    for i, pose in enumerate(c2w):
+        R, C = pose[:3, :3], pose[:3, 3]
+        right, down, axis = R[:, 0], R[:, 1], R[:, 2]
+        zero = np.zeros(3)
+        columns = [
+            (zero, down), (zero, right), (np.cross(C, axis) / unit, axis),
+            (np.cross(C, down) / unit, down), (np.cross(C, right) / unit, right), (axis, zero),
+        ]
+        out[i] = np.stack([np.concatenate(c) for c in columns], axis=1) * np.asarray(scales, dtype=np.float64)
+    return out
 
 
 class PoseModel(nn.Module):
@@ -145,11 +177,23 @@ class PoseModel(nn.Module):
         # Saved with the corrections: their meaning depends on it.
         self.register_buffer("xi_scale", torch.tensor([unit] * 3 + [1.0] * 3))
         self.xi = pp.Parameter(pp.identity_se3(n))
+        if self.coordinates == "camera":
+            # Saved too, for the same reason; a checkpoint of the other coordinates then fails to load (key mismatch)
+            # instead of being read as the wrong motions.
+            basis = camera_motion_basis((torch.as_tensor(start) @ c2w.double()).numpy(), unit, config.motion_scales)
+            self.register_buffer("xi_basis", torch.as_tensor(basis, dtype=torch.float32))
+        elif self.coordinates != "world":
+            raise ValueError(f"camera_optimizer.coordinates must be 'world' or 'camera', not {config.coordinates!r}")
 
     # ------------------------------------------------------------------ state
     @property
     def enabled(self) -> bool:
         return self.config.mode != "off"
+
+    @property
+    def coordinates(self) -> str:
+        # Configs saved before the option existed stepped the se(3) vectors.
+        return getattr(self.config, "coordinates", "world")
 
     @property
     def gauge(self) -> str:
@@ -186,8 +230,11 @@ class PoseModel(nn.Module):
         return torch.where(free[..., None] > 0, L, start)
 
     def _effective_xi(self) -> Tensor:
-        """The corrections as applied (unscaled) [N, 6]: relative to the free cameras' mean under the mean gauge."""
+        """The corrections as applied (unscaled se(3) vectors) [N, 6]: relative to the free cameras' mean under the mean
+        gauge."""
         xi = self.xi.as_subclass(torch.Tensor)
+        if self.coordinates == "camera":
+            xi = torch.einsum("nij,nj->ni", self.xi_basis.to(xi), xi)
         return self._centred(xi) if self.gauge == "mean" else xi
 
     def _centred(self, xi: Tensor) -> Tensor:
@@ -214,6 +261,8 @@ class PoseModel(nn.Module):
             effective[index] = pp.mat2SE3(M, check=False).Log().as_subclass(torch.Tensor) / self.xi_scale.double()
         if self.gauge == "mean":
             effective = self._centred(effective)
+        if self.coordinates == "camera":
+            effective = torch.linalg.solve(self.xi_basis.double(), effective[..., None])[..., 0]
         # Frozen gauge: rows not asked for (and frozen rows) are written back unchanged.
         self.xi.data.copy_(effective.to(self.xi.dtype))
 
