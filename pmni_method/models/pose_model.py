@@ -6,7 +6,9 @@ current camera-to-world is::
     c2w_i = Exp(S xi_i) @ A_i @ c2w_init_i          (OpenCV axes, normalised frame)
 
 with ``S = diag(u, u, u, 1, 1, 1)``: the stored translation is in units of ``u`` (``translation_unit``, by default
-the cameras' mean distance from the object) so that every coordinate moves the image at a comparable rate.
+the cameras' mean distance from the object) so that every coordinate moves the image at a comparable rate. With
+``coordinates camera`` the optimiser steps ``z_i`` and ``xi_i = B_i z_i`` (:func:`camera_motion_basis`: each camera's
+orbit, roll, turns about its centre and distance, built once from its start).
 
 ``c2w_init_i`` are the poses the training rays were built from (``MultiViewNormalData.c2w``) and ``A_i`` a fixed
 pre-alignment (identity unless ``recentre_on_masks``). ``L_i = Exp(S xi_i) @ A_i`` is applied on the left, i.e. in
