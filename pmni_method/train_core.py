@@ -21,7 +21,7 @@ import time
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -337,9 +337,9 @@ def _set_field(config: Any, path: List[str], text: str, where: str) -> Any:
         return dataclasses.replace(config, **{name: _set_field(current, path[1:], text, where)})
     if len(path) > 1:
         raise ValueError(f"{where}: {name} is not a nested config")
-    kind = _field_kind(config, name, current)
+    kind, optional = _field_kind(config, name, current)
     try:
-        if text.strip().lower() == "none" and _optional(config, name):
+        if text.strip().lower() == "none" and optional:
             value: Any = None
         elif kind is bool:
             if text.lower() not in ("true", "false", "1", "0"):
@@ -356,20 +356,17 @@ def _set_field(config: Any, path: List[str], text: str, where: str) -> Any:
     return dataclasses.replace(config, **{name: value})
 
 
-def _field_kind(config: Any, name: str, current: Any) -> type:
-    """The type a ``FIELD=VALUE`` text is read as: the current value's, or for a field that is None now its
-    annotation's (``Optional[bool]`` reads ``False`` as False, not as the true string "False")."""
-    if current is not None:
-        return type(current)
+def _field_kind(config: Any, name: str, current: Any) -> Tuple[type, bool]:
+    """The type a ``FIELD=VALUE`` text is read as (the current value's, or for a field that is None now its
+    annotation's: ``Optional[bool]`` reads ``False`` as False, not as the true string "False"), and whether the
+    field's annotation allows None."""
     hint = typing.get_type_hints(type(config)).get(name)
+    optional = type(None) in typing.get_args(hint)
+    if current is not None:
+        return type(current), optional
     kinds = [k for k in typing.get_args(hint) if k is not type(None)] or [hint]
     kind = kinds[0] if len(kinds) == 1 else str
-    return kind if kind in (bool, int, float, str) else str
-
-
-def _optional(config: Any, name: str) -> bool:
-    hint = typing.get_type_hints(type(config)).get(name)
-    return type(None) in typing.get_args(hint)
+    return (kind if kind in (bool, int, float, str) else str), optional
 
 
 def apply_core_settings(preset: CorePreset, settings: Sequence[str]) -> CorePreset:

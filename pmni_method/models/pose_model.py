@@ -182,7 +182,7 @@ class PoseModel(nn.Module):
         if self.coordinates == "camera":
             # Saved too, for the same reason; a checkpoint of the other coordinates then fails to load (key mismatch)
             # instead of being read as the wrong motions.
-            basis = camera_motion_basis((torch.as_tensor(start) @ c2w.double()).numpy(), unit, config.motion_scales)
+            basis = camera_motion_basis(start @ c2w.double().numpy(), unit, config.motion_scales)
             self.register_buffer("xi_basis", torch.as_tensor(basis, dtype=torch.float32))
         elif self.coordinates != "world":
             raise ValueError(f"camera_optimizer.coordinates must be 'world' or 'camera', not {config.coordinates!r}")
